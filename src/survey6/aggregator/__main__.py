@@ -1,0 +1,3 @@
+from survey6.aggregator.cli import main
+
+main()

@@ -1,0 +1,3 @@
+from survey6.probe.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""The command-and-control server: enrolment, liveness, commands, uploads, registry and web UI."""

@@ -1,0 +1,3 @@
+from survey6.server.cli import main
+
+main()

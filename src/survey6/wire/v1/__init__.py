@@ -1,0 +1,1 @@
+"""Generated wire API v1 modules; regenerate with ./scripts/gen-proto."""
