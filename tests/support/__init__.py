@@ -1,0 +1,1 @@
+"""Test support: real services (Redis, network namespaces, TLS certificates) started by fixtures."""
