@@ -23,7 +23,7 @@ def test_messages_round_trip_with_units_in_field_names() -> None:
         probe_id="p-1",
         sequence=42,
         packets=10,
-        wire_bytes=640,
+        captured_bytes=640,
         sha256_hex="00" * 32,
         labels={"site": "ams"},
         kernel_delta=capture_pb2.KernelCounters(received_packets=10, dropped_packets=0),

@@ -174,7 +174,7 @@ class CaptureMetadata(_message.Message):
     WINDOW_START_NS_FIELD_NUMBER: _builtins.int
     WINDOW_END_NS_FIELD_NUMBER: _builtins.int
     PACKETS_FIELD_NUMBER: _builtins.int
-    WIRE_BYTES_FIELD_NUMBER: _builtins.int
+    CAPTURED_BYTES_FIELD_NUMBER: _builtins.int
     FILE_SIZE_BYTES_FIELD_NUMBER: _builtins.int
     SHA256_HEX_FIELD_NUMBER: _builtins.int
     KERNEL_DELTA_FIELD_NUMBER: _builtins.int
@@ -199,8 +199,8 @@ class CaptureMetadata(_message.Message):
     """The rotation window the file covers: [window_start, window_end)."""
     window_end_ns: _builtins.int
     packets: _builtins.int
-    """Packet records in the file and the sum of their original (on-the-wire) lengths."""
-    wire_bytes: _builtins.int
+    """Packet records in the file and the sum of their captured lengths (at most snaplen each)."""
+    captured_bytes: _builtins.int
     file_size_bytes: _builtins.int
     """Size of the file on disk and the lower-case hex SHA-256 of its content."""
     sha256_hex: _builtins.str
@@ -244,7 +244,7 @@ class CaptureMetadata(_message.Message):
         window_start_ns: _builtins.int = ...,
         window_end_ns: _builtins.int = ...,
         packets: _builtins.int = ...,
-        wire_bytes: _builtins.int = ...,
+        captured_bytes: _builtins.int = ...,
         file_size_bytes: _builtins.int = ...,
         sha256_hex: _builtins.str = ...,
         kernel_delta: Global___KernelCounters | None = ...,
@@ -257,7 +257,7 @@ class CaptureMetadata(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "interface", b"interface", "kernel_delta", b"kernel_delta"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["file_format", b"file_format", "file_size_bytes", b"file_size_bytes", "filter", b"filter", "first_packet_time_ns", b"first_packet_time_ns", "host", b"host", "interface", b"interface", "kernel_delta", b"kernel_delta", "labels", b"labels", "last_packet_time_ns", b"last_packet_time_ns", "link_utilisation_mean_ratio", b"link_utilisation_mean_ratio", "link_utilisation_peak_ratio", b"link_utilisation_peak_ratio", "packets", b"packets", "probe_id", b"probe_id", "repaired", b"repaired", "repaired_truncated_bytes", b"repaired_truncated_bytes", "schema_version", b"schema_version", "sequence", b"sequence", "sha256_hex", b"sha256_hex", "snaplen_bytes", b"snaplen_bytes", "window_end_ns", b"window_end_ns", "window_start_ns", b"window_start_ns", "wire_bytes", b"wire_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["captured_bytes", b"captured_bytes", "file_format", b"file_format", "file_size_bytes", b"file_size_bytes", "filter", b"filter", "first_packet_time_ns", b"first_packet_time_ns", "host", b"host", "interface", b"interface", "kernel_delta", b"kernel_delta", "labels", b"labels", "last_packet_time_ns", b"last_packet_time_ns", "link_utilisation_mean_ratio", b"link_utilisation_mean_ratio", "link_utilisation_peak_ratio", b"link_utilisation_peak_ratio", "packets", b"packets", "probe_id", b"probe_id", "repaired", b"repaired", "repaired_truncated_bytes", b"repaired_truncated_bytes", "schema_version", b"schema_version", "sequence", b"sequence", "sha256_hex", b"sha256_hex", "snaplen_bytes", b"snaplen_bytes", "window_end_ns", b"window_end_ns", "window_start_ns", b"window_start_ns"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
