@@ -12,13 +12,16 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ADDRESS_A = "fd00::1"
 ADDRESS_B = "fd00::2"
 PREFIX_LEN = 64
+SETTLE_S = 0.2  # the link's own start-up chatter (MLD reports) is over by then
 UDP_TOOL = Path(__file__).with_name("udp_tool.py")
+FRAMES_TOOL = Path(__file__).with_name("frames.py")
 
 
 def _run(argv: list[str]) -> str:
@@ -69,6 +72,10 @@ class NetnsPair:
                 f"net.ipv6.conf.{ifname}.router_solicitations=0",
                 f"net.ipv6.conf.{ifname}.accept_ra=0",
                 f"net.ipv6.conf.{ifname}.dad_transmits=0",
+                # Unsolicited MLD reports (sent even with multicast off) all go out within milliseconds
+                # of set-up instead of trickling in for seconds while a test counts packets.
+                f"net.ipv6.conf.{ifname}.mldv1_unsolicited_report_interval=1",
+                f"net.ipv6.conf.{ifname}.mldv2_unsolicited_report_interval=1",
             ):
                 self.exec(ns, ["sysctl", "-q", "-w", sysctl])
             self.exec(ns, ["ip", "link", "set", "lo", "up"])
@@ -79,6 +86,7 @@ class NetnsPair:
                               "dev", self.if_a, "nud", "permanent"])  # fmt: skip
         self.exec(self.ns_b, ["ip", "-6", "neigh", "replace", self.addr_a, "lladdr", macs[self.if_a],
                               "dev", self.if_b, "nud", "permanent"])  # fmt: skip
+        time.sleep(SETTLE_S)
 
     def destroy(self) -> None:
         # Deleting a namespace deletes its end of the veth pair, and with it the peer.
@@ -98,6 +106,17 @@ class NetnsPair:
         extra = [f"--{key.replace('_', '-')}={value}" for key, value in options.items()]
         out = self.exec(ns, [sys.executable, str(UDP_TOOL), "send", "--dst", dst, "--port", str(port),
                              "--count", str(count), "--size", str(size), *extra])  # fmt: skip
+        return int(out.strip())
+
+    def mac(self, ns: str, ifname: str) -> str:
+        return self.exec(ns, ["cat", f"/sys/class/net/{ifname}/address"]).strip()
+
+    def send_frames(self, kind: str, count: int, *, start: int = 0, size: int = 64) -> int:
+        """Writes `count` raw frames of a kind from host A's interface onto the link to host B."""
+        argv = [sys.executable, str(FRAMES_TOOL), "--interface", self.if_a, "--kind", kind,
+                "--dst-mac", self.mac(self.ns_b, self.if_b),
+                "--count", str(count), "--start", str(start), "--size", str(size)]  # fmt: skip
+        out = self.exec(self.ns_a, argv)
         return int(out.strip())
 
     def udp_receiver(self, ns: str, port: int, count: int, timeout_s: float = 20.0) -> subprocess.Popen[str]:

@@ -2,11 +2,53 @@
 
 from __future__ import annotations
 
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
 import click
 
 from survey6 import __version__
 from survey6.common.cli import config_option, load_side_settings, print_settings, run_group
+from survey6.common.errors import ConfigError, Survey6Error
+from survey6.common.log import configure_logging
+from survey6.common.units import parse_duration, parse_size
+from survey6.probe import standalone
+from survey6.probe.capture import Capture, Provenance
+from survey6.probe.errors import ProbeError
+from survey6.probe.metadata import read_sidecar
 from survey6.probe.settings import ProbeSettings
+from survey6.probe.spool import ReadyFile, Spool
+from survey6.probe.status import status_line, summary
+
+STATUS_INTERVAL_S = 1.0
+STATUS_LOG_INTERVAL_S = 30.0  # when stderr is not a terminal, a status record this often instead
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    try:
+        return None if value is None else parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    try:
+        return None if value is None else parse_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+def _labels(values: tuple[str, ...]) -> dict[str, str]:
+    labels = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not key=value", param_hint="--label")
+        labels[key] = value
+    return labels
 
 
 @click.group(
@@ -25,6 +67,168 @@ def cli(config_file: object) -> None:
 def show_config(ctx: click.Context) -> None:
     """Print the effective settings (defaults < config file < SURVEY6_* environment) as JSON."""
     print_settings(load_side_settings(ctx, ProbeSettings, "probe"))
+
+
+@cli.command("capture")
+@click.option("-i", "--interface", "interfaces", multiple=True, help="Interface to capture on (repeatable).")
+@click.option("-o", "--output", type=click.Path(path_type=Path, file_okay=False), help="Spool directory.")
+@click.option(
+    "--read",
+    "read_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Ingest an existing pcap or pcapng file instead of capturing.",
+)
+@click.option(
+    "--rotate", metavar="DURATION", callback=_duration, help="Rotation interval, aligned to the clock [60s]."
+)
+@click.option(
+    "--max-size", metavar="SIZE", callback=_size, help="Rotate earlier when a file reaches this size [64MiB]."
+)
+@click.option("--snaplen", type=int, help="Bytes kept of each packet [262144].")
+@click.option(
+    "--buffer-size", metavar="SIZE", callback=_size, help="Kernel capture buffer per interface [64MiB]."
+)
+@click.option("--filter", "bpf_filter", help="BPF filter [ip6 or (vlan and ip6)].")
+@click.option("--promisc/--no-promisc", default=None, help="Promiscuous mode [on].")
+@click.option("--quota", metavar="SIZE", callback=_size, help="Most bytes the spool may hold [10GiB].")
+@click.option(
+    "--min-free", metavar="SIZE", callback=_size, help="Free space to leave on the spool's filesystem [1GiB]."
+)
+@click.option("--full-policy", type=click.Choice(["pause", "drop-oldest"]), help="When the spool is full.")
+@click.option("--label", "labels", multiple=True, help="key=value written into every file's metadata.")
+@click.option("--duration", metavar="DURATION", callback=_duration, help="Stop by itself after this long.")
+@click.pass_context
+def capture_command(
+    ctx: click.Context,
+    interfaces: tuple[str, ...],
+    output: Path | None,
+    read_file: Path | None,
+    rotate: float | None,
+    max_size: int | None,
+    snaplen: int | None,
+    buffer_size: int | None,
+    bpf_filter: str | None,
+    promisc: bool | None,
+    quota: int | None,
+    min_free: int | None,
+    full_policy: str | None,
+    labels: tuple[str, ...],
+    duration: float | None,
+) -> None:  # fmt: skip
+    """Capture IPv6 into a local spool, standalone (no server needed).
+
+    Files rotate on wall-clock multiples of --rotate and at --max-size; each is sealed with a
+    sha256 and a metadata sidecar in OUTPUT/ready/. Ctrl-C (or SIGTERM) seals the open file and
+    stops. With --read, an existing pcap or pcapng file
+    goes through the same spool (rotated by size).
+    """
+    if read_file is not None and interfaces:
+        raise click.UsageError("give either --interface or --read, not both")
+    settings = load_side_settings(
+        ctx,
+        ProbeSettings,
+        "probe",
+        overrides={
+            "capture.interfaces": list(interfaces) or None,
+            "capture.rotate_interval_s": rotate,
+            "capture.rotate_max_bytes": max_size,
+            "capture.snaplen_bytes": snaplen,
+            "capture.buffer_bytes": buffer_size,
+            "capture.filter": bpf_filter,
+            "capture.promiscuous": promisc,
+            "spool.dir": output,
+            "spool.quota_bytes": quota,
+            "spool.min_free_bytes": min_free,
+            "spool.full_policy": full_policy,
+        },
+    )
+    if read_file is None and not settings.capture.interfaces:
+        raise click.UsageError("give --interface (or capture.interfaces in the config), or --read FILE")
+    configure_logging(settings.logging)
+    provenance = Provenance(labels=_labels(labels))
+    spool = standalone.open_spool(settings)
+    try:
+        standalone.recover(spool, provenance)
+        if read_file is not None:
+            _ingest(read_file, settings, spool, provenance)
+        else:
+            _capture_live(settings, spool, provenance, duration)
+    finally:
+        spool.close()
+
+
+def _ingest(path: Path, settings: ProbeSettings, spool: Spool, provenance: Provenance) -> None:
+    try:
+        total = max(path.stat().st_size, 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    interactive = sys.stderr.isatty()
+
+    def progress(capture: Capture) -> None:
+        if interactive:
+            done = sum(r.size_bytes for r in capture.sealed)
+            line = f"\r{min(done / total, 1.0):6.1%}  {capture.status.packets_written:,} packets"
+            click.echo(line, nl=False, err=True)
+
+    sealed = standalone.ingest_file(path, settings, spool, provenance, progress)
+    if interactive:
+        click.echo("", err=True)
+    packets = sum(_packets_of(ready) for ready in sealed)
+    click.echo(f"read {packets:,} packets from {path} into {len(sealed)} file(s) in {spool.ready_dir}")
+
+
+def _packets_of(ready: ReadyFile) -> int:
+    return read_sidecar(ready.sidecar).packets
+
+
+def _capture_live(
+    settings: ProbeSettings, spool: Spool, provenance: Provenance, duration: float | None
+) -> None:
+    captures = standalone.open_live_captures(settings, spool, provenance)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        for capture in captures:
+            capture.request_stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    threads = standalone.start_threads(captures)
+    standalone.log.info("capturing", extra={"interfaces": [c.options.interface for c in captures]})
+    deadline = time.monotonic() + duration if duration else None
+    interactive = sys.stderr.isatty()
+    last_packets, last_time, last_log = 0, time.monotonic(), time.monotonic()
+    try:
+        while any(t.thread.is_alive() for t in threads):
+            for t in threads:
+                t.thread.join(timeout=STATUS_INTERVAL_S / len(threads))
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                for capture in captures:
+                    capture.request_stop()
+            statuses = [c.status for c in captures]
+            packets = sum(s.packets_written for s in statuses)
+            rate = (packets - last_packets) / max(now - last_time, 1e-6)
+            last_packets, last_time = packets, now
+            line = status_line(statuses, spool.usage(), spool.quota_bytes, rate)
+            if interactive:
+                click.echo(f"\r{line}\033[K", nl=False, err=True)
+            elif now - last_log >= STATUS_LOG_INTERVAL_S:
+                last_log = now
+                standalone.log.info("capture status: %s", line)
+    finally:
+        for capture in captures:
+            capture.request_stop()
+        for t in threads:
+            t.thread.join()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if interactive:
+            click.echo("", err=True)
+    errors = [t.error for t in threads if t.error is not None]
+    click.echo(summary([c.status for c in captures], str(spool.ready_dir)))
+    for error in errors:
+        if isinstance(error, Survey6Error):
+            raise error
+        raise ProbeError(f"capture failed: {error!r}") from error
 
 
 def main() -> None:

@@ -1,0 +1,113 @@
+"""Repair of capture files left open by a crash, run before capture starts again.
+
+Every packet that reached the disk is kept: a part file is cut back to its last whole record, sealed
+with metadata flagged ``repaired`` and shipped like any other. A part file whose header never made it
+to disk is rewritten as an empty capture, so that its sequence number is used and numbering stays
+gapless. The kernel counters of a crashed window are unknown (the process that held them is gone)
+and are reported as zero.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from survey6.probe import hostinfo
+from survey6.probe.capture import Provenance, file_sha256
+from survey6.probe.errors import PcapFileError
+from survey6.probe.metadata import SCHEMA_VERSION
+from survey6.probe.pcap import CaptureHandle
+from survey6.probe.pcapfile import GLOBAL_HEADER_BYTES, TimestampPrecision, repair_truncated, scan_records
+from survey6.probe.spool import ReadyFile, Spool
+from survey6.wire.v1 import capture_pb2
+
+log = logging.getLogger(__name__)
+
+DLT_EN10MB = 1
+DEFAULT_SNAPLEN_BYTES = 262_144
+
+
+def recover_open_files(spool: Spool, provenance: Provenance) -> list[ReadyFile]:
+    """Seals every file a previous run left in ``open/``, oldest first."""
+    recovered = []
+    for sequence in spool.open_sequences():
+        recovered.append(_recover(spool, sequence, provenance))
+    return recovered
+
+
+def _recover(spool: Spool, sequence: int, provenance: Provenance) -> ReadyFile:
+    info = _read_info(spool, sequence)
+    part = spool.part_path(sequence)
+    rewritten = False
+    if not part.exists() or part.stat().st_size < GLOBAL_HEADER_BYTES:
+        _write_empty_capture(part, info)
+        rewritten = True
+    try:
+        repair = repair_truncated(part)
+        scan = scan_records(part)
+    except PcapFileError as exc:
+        # Not a pcap at all (overwritten by something else): keep the sequence, ship an empty file.
+        log.error("unreadable part file %s, replacing it with an empty capture: %s", part.name, exc)
+        _write_empty_capture(part, info)
+        repair = repair_truncated(part)
+        scan = scan_records(part)
+        rewritten = True
+    interface = hostinfo.interface_facts(str(info.get("interface", "unknown")), scan.header.linktype)
+    host = hostinfo.host_facts([])
+    host.interfaces.append(interface)
+    window_start = int(info.get("window_start_ns", scan.first_ts_ns or 0))
+    window_end = max(scan.last_ts_ns or window_start, window_start)
+    size = part.stat().st_size
+    metadata = capture_pb2.CaptureMetadata(
+        probe_id=provenance.probe_id,
+        host=host,
+        labels=provenance.labels,
+        interface=interface,
+        snaplen_bytes=scan.header.snaplen,
+        filter=str(info.get("filter", "")),
+        sequence=sequence,
+        first_packet_time_ns=scan.first_ts_ns or 0,
+        last_packet_time_ns=scan.last_ts_ns or 0,
+        window_start_ns=window_start,
+        window_end_ns=window_end,
+        packets=scan.records,
+        captured_bytes=scan.captured_bytes,
+        file_size_bytes=size,
+        sha256_hex=file_sha256(part),
+        kernel_delta=capture_pb2.KernelCounters(),
+        link_utilisation_mean_ratio=-1.0,
+        link_utilisation_peak_ratio=-1.0,
+        repaired=True,
+        repaired_truncated_bytes=repair.bytes_cut,
+        file_format="pcap",
+        schema_version=SCHEMA_VERSION,
+    )
+    ready = spool.seal(sequence, metadata)
+    log.warning(
+        "repaired capture file left by a crash",
+        extra={
+            "sequence": sequence,
+            "packets": scan.records,
+            "bytes_cut": repair.bytes_cut,
+            "rewritten_empty": rewritten,
+        },
+    )
+    return ready
+
+
+def _read_info(spool: Spool, sequence: int) -> dict[str, Any]:
+    try:
+        return spool.part_info(sequence)
+    except (OSError, ValueError):
+        log.error("part info of sequence %d missing or unreadable; sealing with what the file says", sequence)
+        return {}
+
+
+def _write_empty_capture(path: Path, info: dict[str, Any]) -> None:
+    """A valid pcap with no packet, with the link type and snaplen the capture was opened with."""
+    precision = TimestampPrecision(int(info.get("precision", TimestampPrecision.NANO)))
+    linktype = int(info.get("link_type", DLT_EN10MB))
+    snaplen = int(info.get("snaplen_bytes", DEFAULT_SNAPLEN_BYTES))
+    with CaptureHandle.dead(linktype, snaplen, precision) as handle, handle.open_dumper(path) as dumper:
+        dumper.flush()

@@ -1,0 +1,325 @@
+"""The probe's spool: where capture files wait, durable, until the server has them.
+
+Layout of the spool directory::
+
+    .lock                   held (flock) by the one process writing this spool
+    state.json              highest sequence sealed, loss and delivery counters
+    losses.jsonl            one line per loss: when, why, which sequence, how many packets
+    open/<seq>.part         a capture file being written
+    open/<seq>.part.json    what sealing it needs if the writer dies (interface, window, ...)
+    ready/<seq>.pcap        sealed files, oldest sequence first, each with
+    ready/<seq>.json        its metadata sidecar
+
+Sequence numbers are per probe and gapless: the next one is one more than the highest seen in
+``state.json``, ``open/`` and ``ready/``. A file leaves ``ready/`` only through :meth:`Spool.delivered`
+(the server confirmed it durable) or through the drop-oldest policy, which records the loss.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from survey6.common.files import fsync_directory, write_atomically
+from survey6.probe import metadata as sidecar
+from survey6.probe.errors import SpoolError, SpoolLockedError
+from survey6.wire.v1 import capture_pb2
+
+log = logging.getLogger(__name__)
+
+FullPolicy = Literal["pause", "drop-oldest"]
+PART_SUFFIX = ".part"
+PCAP_SUFFIX = ".pcap"
+SEQUENCE_DIGITS = 12  # zero-padded so that names sort in sequence order
+
+
+@dataclass
+class SpoolState:
+    last_sequence: int = 0
+    lost_files_total: int = 0
+    lost_packets_total: int = 0
+    delivered_files_total: int = 0
+    delivered_bytes_total: int = 0
+
+
+@dataclass(frozen=True)
+class ReadyFile:
+    sequence: int
+    path: Path
+    size_bytes: int
+
+    @property
+    def sidecar(self) -> Path:
+        return sidecar.sidecar_path(self.path)
+
+
+@dataclass(frozen=True)
+class SpoolUsage:
+    used_bytes: int
+    free_bytes: int
+    ready_files: int
+    ready_bytes: int
+    oldest_ready_mtime: float | None
+
+
+class Spool:
+    """The spool directory, opened by one writer at a time. Thread-safe."""
+
+    def __init__(self, root: Path, *, quota_bytes: int, min_free_bytes: int, policy: FullPolicy) -> None:
+        self.root = root
+        self.quota_bytes = quota_bytes
+        self.min_free_bytes = min_free_bytes
+        self.policy = policy
+        self.open_dir = root / "open"
+        self.ready_dir = root / "ready"
+        self._state_path = root / "state.json"
+        self._losses_path = root / "losses.jsonl"
+        self._lock = threading.RLock()
+        self._lock_fd: int | None = None
+        self.state = SpoolState()
+
+    # -- opening -------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Creates the layout, checks it is writable and takes the writer lock.
+
+        Raises:
+            SpoolError: the directory cannot be created or written.
+            SpoolLockedError: another process is writing this spool.
+        """
+        try:
+            for directory in (self.root, self.open_dir, self.ready_dir):
+                directory.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+            self._lock_fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise SpoolError(f"spool directory {self.root} is not writable: {exc.strerror}") from exc
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            raise SpoolLockedError(f"spool {self.root} is in use by another survey6 process") from exc
+        self.state = self._load_state()
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+    def __enter__(self) -> Spool:
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _load_state(self) -> SpoolState:
+        try:
+            raw = json.loads(self._state_path.read_text())
+            return SpoolState(**{k: int(v) for k, v in raw.items() if k in SpoolState.__dataclass_fields__})
+        except FileNotFoundError:
+            return SpoolState()
+        except (OSError, ValueError, TypeError) as exc:
+            raise SpoolError(f"spool state {self._state_path} is unreadable: {exc}") from exc
+
+    def _save_state(self) -> None:
+        write_atomically(self._state_path, json.dumps(asdict(self.state), indent=2).encode())
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def begin_file(self, open_info: dict[str, Any]) -> tuple[int, Path]:
+        """Reserves the next sequence and returns it with the path of its ``.part`` file.
+
+        `open_info` is stored beside the part file so that a crash can be repaired without the
+        process that started it. The part file itself is created by the caller.
+        """
+        with self._lock:
+            sequence = self._highest_sequence() + 1
+            info_path = self._part_info_path(sequence)
+            write_atomically(info_path, json.dumps({**open_info, "sequence": sequence}).encode())
+            return sequence, self.part_path(sequence)
+
+    def part_path(self, sequence: int) -> Path:
+        return self.open_dir / f"{sequence:0{SEQUENCE_DIGITS}d}{PART_SUFFIX}"
+
+    def _part_info_path(self, sequence: int) -> Path:
+        return self.open_dir / f"{sequence:0{SEQUENCE_DIGITS}d}{PART_SUFFIX}.json"
+
+    def part_info(self, sequence: int) -> dict[str, Any]:
+        info: dict[str, Any] = json.loads(self._part_info_path(sequence).read_text())
+        return info
+
+    def open_sequences(self) -> list[int]:
+        """Sequences with a part file or part info left in ``open/``, oldest first."""
+        found = set()
+        for path in self.open_dir.glob(f"*{PART_SUFFIX}*"):
+            digits = path.name.split(".", 1)[0]
+            if digits.isdigit():
+                found.add(int(digits))
+        return sorted(found)
+
+    def seal(self, sequence: int, metadata: capture_pb2.CaptureMetadata) -> ReadyFile:
+        """Moves a finished, fsynced part file into ``ready/`` with its sidecar.
+
+        The sidecar is written first: a file in ``ready/`` without a sidecar never exists.
+        """
+        with self._lock:
+            target = self.ready_dir / f"{sequence:0{SEQUENCE_DIGITS}d}{PCAP_SUFFIX}"
+            sidecar.write_sidecar(sidecar.sidecar_path(target), metadata)
+            os.replace(self.part_path(sequence), target)
+            fsync_directory(self.ready_dir)
+            self._part_info_path(sequence).unlink(missing_ok=True)
+            self.state.last_sequence = max(self.state.last_sequence, sequence)
+            self._save_state()
+            return ReadyFile(sequence, target, target.stat().st_size)
+
+    def discard_open(self, sequence: int) -> None:
+        """Removes a part file that was never sealed and frees its sequence (nothing was shipped)."""
+        with self._lock:
+            self.part_path(sequence).unlink(missing_ok=True)
+            self._part_info_path(sequence).unlink(missing_ok=True)
+            fsync_directory(self.open_dir)
+
+    def retract(self, sequences: list[int]) -> None:
+        """Removes just-sealed files that must not be shipped (an ingest that failed half way).
+
+        Only the newest sequences can be retracted, so numbering stays gapless.
+        """
+        with self._lock:
+            for sequence in sorted(sequences, reverse=True):
+                if sequence != self.state.last_sequence:
+                    raise SpoolError(f"cannot retract sequence {sequence}: it is not the newest")
+                path = self.ready_dir / f"{sequence:0{SEQUENCE_DIGITS}d}{PCAP_SUFFIX}"
+                sidecar.sidecar_path(path).unlink(missing_ok=True)
+                path.unlink(missing_ok=True)
+                self.state.last_sequence = sequence - 1
+            fsync_directory(self.ready_dir)
+            self._save_state()
+
+    def _highest_sequence(self) -> int:
+        ready = [f.sequence for f in self.ready_files()]
+        return max([self.state.last_sequence, *ready, *self.open_sequences()])
+
+    # -- reading and delivery ------------------------------------------------------------------
+
+    def ready_files(self) -> list[ReadyFile]:
+        """Sealed files waiting for delivery, oldest sequence first."""
+        files = []
+        for path in self.ready_dir.glob(f"*{PCAP_SUFFIX}"):
+            stem = path.name[: -len(PCAP_SUFFIX)]
+            if stem.isdigit():
+                try:
+                    files.append(ReadyFile(int(stem), path, path.stat().st_size))
+                except FileNotFoundError:
+                    continue  # delivered or dropped meanwhile
+        return sorted(files, key=lambda f: f.sequence)
+
+    def delivered(self, sequence: int) -> None:
+        """Deletes a file the server has confirmed durable."""
+        with self._lock:
+            for ready in self.ready_files():
+                if ready.sequence == sequence:
+                    ready.sidecar.unlink(missing_ok=True)
+                    ready.path.unlink()
+                    fsync_directory(self.ready_dir)
+                    self.state.delivered_files_total += 1
+                    self.state.delivered_bytes_total += ready.size_bytes
+                    self._save_state()
+                    return
+            raise SpoolError(f"sequence {sequence} is not in the spool")
+
+    # -- space and losses ----------------------------------------------------------------------
+
+    def usage(self) -> SpoolUsage:
+        ready = self.ready_files()
+        open_bytes = sum(p.stat().st_size for p in self.open_dir.glob(f"*{PART_SUFFIX}") if p.exists())
+        ready_bytes = sum(f.size_bytes for f in ready)
+        stat = os.statvfs(self.root)
+        oldest = None
+        if ready:
+            try:
+                oldest = ready[0].path.stat().st_mtime
+            except FileNotFoundError:
+                oldest = None
+        return SpoolUsage(
+            used_bytes=ready_bytes + open_bytes,
+            free_bytes=stat.f_bavail * stat.f_frsize,
+            ready_files=len(ready),
+            ready_bytes=ready_bytes,
+            oldest_ready_mtime=oldest,
+        )
+
+    def is_full(self, usage: SpoolUsage | None = None) -> bool:
+        usage = usage or self.usage()
+        return usage.used_bytes >= self.quota_bytes or usage.free_bytes < self.min_free_bytes
+
+    def make_room(self) -> bool:
+        """Applies the drop-oldest policy until the spool is under its limits.
+
+        Returns:
+            True when there is room now; False when the policy is "pause" or nothing is left to drop.
+        """
+        with self._lock:
+            while self.is_full():
+                if self.policy != "drop-oldest":
+                    return False
+                ready = self.ready_files()
+                if not ready:
+                    return False
+                self._drop(ready[0])
+            return True
+
+    def _drop(self, victim: ReadyFile) -> None:
+        try:
+            packets = sidecar.read_sidecar(victim.sidecar).packets
+        except Exception:  # an unreadable sidecar must not stop the drop; the loss is still counted
+            log.exception(
+                "sidecar of dropped file %s unreadable; counting its packets as unknown", victim.path
+            )
+            packets = 0
+        victim.sidecar.unlink(missing_ok=True)
+        victim.path.unlink(missing_ok=True)
+        fsync_directory(self.ready_dir)
+        self.state.lost_files_total += 1
+        self.state.lost_packets_total += packets
+        self._save_state()
+        self._record_loss("spool full: dropped oldest file", victim.sequence, packets)
+        log.warning(
+            "spool full: dropped oldest file", extra={"sequence": victim.sequence, "packets": packets}
+        )
+
+    def record_lost_packets(self, packets: int, reason: str) -> None:
+        """Counts packets that never reached a file (captured while the spool was full)."""
+        if packets <= 0:
+            return
+        with self._lock:
+            self.state.lost_packets_total += packets
+            self._save_state()
+            self._record_loss(reason, None, packets)
+
+    def _record_loss(self, reason: str, sequence: int | None, packets: int) -> None:
+        entry = {"time_ns": time.time_ns(), "reason": reason, "sequence": sequence, "packets": packets}
+        with open(self._losses_path, "a", encoding="utf-8") as stream:
+            stream.write(json.dumps(entry) + "\n")
+            stream.flush()
+            os.fsync(stream.fileno())
+
+    def losses(self) -> Iterator[dict[str, Any]]:
+        """The loss log, oldest first."""
+        if not self._losses_path.exists():
+            return
+        with open(self._losses_path, encoding="utf-8") as stream:
+            for line in stream:
+                if line.strip():
+                    yield json.loads(line)
