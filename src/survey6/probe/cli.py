@@ -12,13 +12,14 @@ import click
 
 from survey6 import __version__
 from survey6.common.cli import config_option, load_side_settings, print_settings, run_group
-from survey6.common.errors import ConfigError, Survey6Error
+from survey6.common.errors import Survey6Error
 from survey6.common.log import configure_logging
 from survey6.common.units import parse_duration, parse_size
 from survey6.probe import standalone
 from survey6.probe.capture import Capture, Provenance
 from survey6.probe.errors import ProbeError
 from survey6.probe.metadata import read_sidecar
+from survey6.probe.pcap import CaptureHandle
 from survey6.probe.settings import ProbeSettings
 from survey6.probe.spool import ReadyFile, Spool
 from survey6.probe.status import status_line, summary
@@ -146,22 +147,29 @@ def capture_command(
         raise click.UsageError("give --interface (or capture.interfaces in the config), or --read FILE")
     configure_logging(settings.logging)
     provenance = Provenance(labels=_labels(labels))
-    spool = standalone.open_spool(settings)
+    # Inputs first: a wrong interface, a missing capability or an unreadable file leaves no spool behind.
+    if read_file is not None:
+        handles = [(standalone.capture_options(settings, read_file.name), CaptureHandle.offline(read_file))]
+    else:
+        handles = standalone.open_live_handles(settings)
     try:
-        standalone.recover(spool, provenance)
-        if read_file is not None:
-            _ingest(read_file, settings, spool, provenance)
-        else:
-            _capture_live(settings, spool, provenance, duration)
+        spool = standalone.open_spool(settings)
+        try:
+            standalone.recover(spool, provenance)
+            if read_file is not None:
+                _ingest(handles[0][1], settings, spool, provenance)
+            else:
+                captures = [Capture(handle, options, spool, provenance) for options, handle in handles]
+                _capture_live(captures, spool, duration)
+        finally:
+            spool.close()
     finally:
-        spool.close()
+        for _, handle in handles:
+            handle.close()
 
 
-def _ingest(path: Path, settings: ProbeSettings, spool: Spool, provenance: Provenance) -> None:
-    try:
-        total = max(path.stat().st_size, 1)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+def _ingest(handle: CaptureHandle, settings: ProbeSettings, spool: Spool, provenance: Provenance) -> None:
+    total = max(Path(handle.source).stat().st_size, 1)
     interactive = sys.stderr.isatty()
 
     def progress(capture: Capture) -> None:
@@ -170,21 +178,20 @@ def _ingest(path: Path, settings: ProbeSettings, spool: Spool, provenance: Prove
             line = f"\r{min(done / total, 1.0):6.1%}  {capture.status.packets_written:,} packets"
             click.echo(line, nl=False, err=True)
 
-    sealed = standalone.ingest_file(path, settings, spool, provenance, progress)
+    sealed = standalone.ingest_file(handle, settings, spool, provenance, progress)
     if interactive:
         click.echo("", err=True)
     packets = sum(_packets_of(ready) for ready in sealed)
-    click.echo(f"read {packets:,} packets from {path} into {len(sealed)} file(s) in {spool.ready_dir}")
+    click.echo(
+        f"read {packets:,} packets from {handle.source} into {len(sealed)} file(s) in {spool.ready_dir}"
+    )
 
 
 def _packets_of(ready: ReadyFile) -> int:
     return read_sidecar(ready.sidecar).packets
 
 
-def _capture_live(
-    settings: ProbeSettings, spool: Spool, provenance: Provenance, duration: float | None
-) -> None:
-    captures = standalone.open_live_captures(settings, spool, provenance)
+def _capture_live(captures: list[Capture], spool: Spool, duration: float | None) -> None:
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         for capture in captures:

@@ -61,13 +61,16 @@ def capture_options(settings: ProbeSettings, interface: str) -> CaptureOptions:
     )
 
 
-def open_live_captures(settings: ProbeSettings, spool: Spool, provenance: Provenance) -> list[Capture]:
+def open_live_handles(settings: ProbeSettings) -> list[tuple[CaptureOptions, CaptureHandle]]:
     """Opens a libpcap handle per interface; all or none (a failure closes those already open).
+
+    Opened before the spool is touched, so that a wrong interface or a missing capability leaves
+    nothing behind.
 
     Raises:
         CaptureError: a missing interface, no permission, a bad filter.
     """
-    captures: list[Capture] = []
+    opened: list[tuple[CaptureOptions, CaptureHandle]] = []
     try:
         for interface in settings.capture.interfaces:
             options = capture_options(settings, interface)
@@ -78,12 +81,12 @@ def open_live_captures(settings: ProbeSettings, spool: Spool, provenance: Proven
                 buffer_bytes=options.buffer_bytes,
                 bpf_filter=options.filter,
             )
-            captures.append(Capture(handle, options, spool, provenance))
+            opened.append((options, handle))
     except BaseException:
-        for capture in captures:
-            capture.handle.close()
+        for _, handle in opened:
+            handle.close()
         raise
-    return captures
+    return opened
 
 
 @dataclass
@@ -113,19 +116,19 @@ def start_threads(captures: list[Capture]) -> list[CaptureThread]:
 
 
 def ingest_file(
-    path: Path,
+    handle: CaptureHandle,
     settings: ProbeSettings,
     spool: Spool,
     provenance: Provenance,
     progress: Callable[[Capture], None] | None = None,
 ) -> list[ReadyFile]:
-    """Reads a pcap or pcapng file through the spool, rotating by size. All or nothing: if the file
-    turns out corrupt half way, the files already sealed from it are retracted.
+    """Reads a pcap or pcapng file (an offline handle) through the spool, rotating by size. All or
+    nothing: if the file turns out corrupt half way, the files already sealed from it are retracted.
 
     Raises:
         PcapFileError: the file cannot be read or is corrupt.
     """
-    handle = CaptureHandle.offline(path)
+    path = Path(handle.source)
     options = capture_options(settings, interface=f"file:{path.name}")
     capture = Capture(handle, options, spool, provenance, offline_batch_packets=OFFLINE_BATCH_PACKETS)
     worker = CaptureThread(capture, threading.Thread())

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from support.frames import frame
 from support.netns import NetnsPair
-from support.probe_process import ProbeCapture, read_spool
+from support.probe_process import PROBE, ProbeCapture, read_spool
 
 pytestmark = pytest.mark.netns
 
@@ -118,3 +121,146 @@ def test_sigkill_then_restart_repairs_and_ships_the_partial_file(
     assert fresh.metadata["repaired"] is False
     assert fresh.indexes == list(range(3000, 3500))
     assert not list((spool / "open").iterdir())
+
+
+# -- a full spool --------------------------------------------------------------------------------
+
+ONLY_TEST_FRAMES = "ip6 and udp port 33333"  # the link's own chatter would blur exact loss counts
+
+
+def spool_state(spool: Path) -> dict[str, int]:
+    return {k: int(v) for k, v in json.loads((spool / "state.json").read_text()).items()}
+
+
+def run_until_full(netns_pair: NetnsPair, spool: Path, policy: str, frames: int) -> list:  # type: ignore[type-arg]
+    probe = ProbeCapture(netns_pair, spool, "--rotate", "1h", "--max-size", "64KiB", "--quota", "256KiB",
+                         "--min-free", "0", "--full-policy", policy, "--filter", ONLY_TEST_FRAMES)  # fmt: skip
+    probe.start()
+    try:
+        for burst in range(4):
+            netns_pair.send_frames("ipv6", frames // 4, start=burst * (frames // 4), size=1000)
+            time.sleep(1.2)  # longer than the full spool's retry interval
+    finally:
+        assert probe.stop() == 0, probe.stderr
+    assert "lost to a full spool" in "".join(probe.stdout)
+    return read_spool(spool)
+
+
+def test_full_spool_pause_keeps_the_oldest_and_counts_every_lost_packet(
+    netns_pair: NetnsPair, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    files = run_until_full(netns_pair, spool, "pause", 1200)
+    kept = [i for f in files for i in f.indexes]
+    state = spool_state(spool)
+    kernel_dropped = sum(int(str(f.metadata["kernel_delta"]["dropped_packets"])) for f in files)  # type: ignore[index]
+    assert kept == list(range(len(kept)))  # the first packets, in order
+    assert 0 < len(kept) < 1200
+    assert state["lost_files_total"] == 0
+    assert len(kept) + state["lost_packets_total"] + kernel_dropped == 1200
+    losses = [json.loads(line) for line in (spool / "losses.jsonl").read_text().splitlines()]
+    assert sum(entry["packets"] for entry in losses) == state["lost_packets_total"]
+    assert all(entry["reason"] == "spool full (pause)" for entry in losses)
+
+
+def test_full_spool_drop_oldest_keeps_the_newest_and_counts_dropped_files(
+    netns_pair: NetnsPair, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    files = run_until_full(netns_pair, spool, "drop-oldest", 1200)
+    kept = [i for f in files for i in f.indexes]
+    state = spool_state(spool)
+    assert state["lost_files_total"] >= 1
+    first_kept = kept[0]
+    assert kept == list(range(first_kept, 1200))  # the newest packets, in order, none missing
+    assert state["lost_packets_total"] == first_kept  # exactly the packets of the dropped files
+    sequences = [int(str(f.metadata["sequence"])) for f in files]
+    assert sequences == list(range(state["lost_files_total"] + 1, state["last_sequence"] + 1))
+    losses = [json.loads(line) for line in (spool / "losses.jsonl").read_text().splitlines()]
+    assert sorted(entry["sequence"] for entry in losses) == list(range(1, state["lost_files_total"] + 1))
+
+
+# -- bad input -----------------------------------------------------------------------------------
+
+
+def run_probe(*args: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*prefix, PROBE, *args], capture_output=True, text=True, timeout=60)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("survey6-probe: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_missing_interface(tmp_path: Path) -> None:
+    result = run_probe("capture", "-i", "nosuch0", "-o", str(tmp_path / "spool"))
+    assert_one_line_error(result, "nosuch0")
+    assert not (tmp_path / "spool").exists()
+
+
+def test_no_permission_names_cap_net_raw(tmp_path: Path) -> None:
+    drop = ("setpriv", "--bounding-set=-net_raw,-net_admin", "--inh-caps=-net_raw,-net_admin")
+    result = run_probe("capture", "-i", "lo", "-o", str(tmp_path / "spool"), prefix=drop)
+    assert_one_line_error(result, "CAP_NET_RAW")
+    assert not (tmp_path / "spool").exists()
+
+
+def test_unwritable_spool(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = run_probe("capture", "-i", "lo", "-o", str(blocker / "spool"), "--duration", "1s")
+    assert_one_line_error(result, "not writable")
+
+
+def write_pcap(path: Path, frames: list[bytes], *, pcapng: bool = False) -> None:
+    import dpkt
+
+    with open(path, "wb") as stream:
+        writer = dpkt.pcapng.Writer(stream) if pcapng else dpkt.pcap.Writer(stream, nano=True)
+        for index, frame in enumerate(frames):
+            writer.writepkt(frame, ts=1_700_000_000 + index / 1000)
+
+
+def ipv6_frames(count: int, size: int = 200) -> list[bytes]:
+    mac_a, mac_b = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
+    return [frame("ipv6", i, size, mac_a, mac_b) for i in range(count)]
+
+
+@pytest.mark.parametrize("pcapng", [False, True], ids=["pcap", "pcapng"])
+def test_read_ingests_a_file_through_the_spool(tmp_path: Path, pcapng: bool) -> None:
+    source = tmp_path / "input.cap"
+    write_pcap(source, ipv6_frames(2000, size=300), pcapng=pcapng)
+    spool = tmp_path / "spool"
+    result = run_probe("capture", "--read", str(source), "-o", str(spool), "--max-size", "64KiB")
+    assert result.returncode == 0, result.stderr
+    files = read_spool(spool)
+    assert len(files) > 5
+    assert [i for f in files for i in f.indexes] == list(range(2000))
+    assert "read 2,000 packets" in result.stdout
+    first = files[0].metadata
+    assert int(str(first["first_packet_time_ns"])) == 1_700_000_000 * 10**9
+
+
+@pytest.mark.parametrize("damage", ["garbage", "bad-record", "truncated-header"])
+def test_corrupt_read_file_leaves_nothing_behind(tmp_path: Path, damage: str) -> None:
+    source = tmp_path / "input.pcap"
+    write_pcap(source, ipv6_frames(3000, size=300))
+    data = bytearray(source.read_bytes())
+    if damage == "garbage":
+        data = bytearray(b"this is not a capture file at all" * 10)
+    elif damage == "bad-record":
+        # a record header two thirds in claims 2 GiB of data: libpcap must stop there
+        offset = 24 + (16 + 300 + 62) * 2000
+        data[offset + 8 : offset + 16] = (0x7FFF_FFFF).to_bytes(4, "little") * 2
+    else:
+        data = data[:10]
+    source.write_bytes(bytes(data))
+    spool = tmp_path / "spool"
+    result = run_probe("capture", "--read", str(source), "-o", str(spool), "--max-size", "64KiB")
+    assert_one_line_error(result, "input.pcap")
+    for area in ("ready", "open"):
+        assert not list((spool / area).glob("*")) if (spool / area).exists() else True
