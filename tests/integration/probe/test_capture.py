@@ -133,8 +133,8 @@ def spool_state(spool: Path) -> dict[str, int]:
 
 
 def run_until_full(netns_pair: NetnsPair, spool: Path, policy: str, frames: int) -> list:  # type: ignore[type-arg]
-    probe = ProbeCapture(netns_pair, spool, "--rotate", "1h", "--max-size", "64KiB", "--quota", "256KiB",
-                         "--min-free", "0", "--full-policy", policy, "--filter", ONLY_TEST_FRAMES)  # fmt: skip
+    limits = ("--max-size", "64KiB", "--quota", "256KiB", "--min-free", "0", "--full-policy", policy)
+    probe = ProbeCapture(netns_pair, spool, "--rotate", "1h", *limits, "--filter", ONLY_TEST_FRAMES)
     probe.start()
     try:
         for burst in range(4):
@@ -264,3 +264,37 @@ def test_corrupt_read_file_leaves_nothing_behind(tmp_path: Path, damage: str) ->
     assert_one_line_error(result, "input.pcap")
     for area in ("ready", "open"):
         assert not list((spool / area).glob("*")) if (spool / area).exists() else True
+
+
+def test_free_space_floor_pauses_and_counts(netns_pair: NetnsPair, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    # A floor no filesystem here can meet: the spool is full from the start.
+    probe = ProbeCapture(netns_pair, spool, "--min-free", "1000TiB", "--filter", ONLY_TEST_FRAMES)
+    probe.start()
+    try:
+        netns_pair.send_frames("ipv6", 300)
+        time.sleep(1.5)
+    finally:
+        assert probe.stop() == 0, probe.stderr
+    assert read_spool(spool) == []
+    assert spool_state(spool)["lost_packets_total"] == 300
+
+
+def test_two_interfaces_share_one_gapless_sequence(netns_pair: NetnsPair, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    probe = ProbeCapture(netns_pair, spool, "-i", "lo", "--rotate", "1s")
+    probe.start()
+    try:
+        netns_pair.send_frames("ipv6", 200)
+        netns_pair.exec(netns_pair.ns_b, ["ping", "-6", "-c", "3", "-i", "0.2", "-W", "1", "::1"])
+        time.sleep(1.2)
+    finally:
+        assert probe.stop() == 0, probe.stderr
+    files = read_spool(spool)
+    by_interface: dict[str, int] = {}
+    for f in files:
+        name = str(f.metadata["interface"]["name"])  # type: ignore[index]
+        by_interface[name] = by_interface.get(name, 0) + f.records
+    assert by_interface[netns_pair.if_b] >= 200
+    assert by_interface["lo"] >= 6  # three echo requests and three replies
+    assert sorted(int(str(f.metadata["sequence"])) for f in files) == list(range(1, len(files) + 1))
