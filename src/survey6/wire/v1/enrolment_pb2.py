@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from survey6.wire.v1 import capture_pb2 as survey6_dot_v1_dot_capture__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asurvey6/v1/enrolment.proto\x12\nsurvey6.v1\x1a\x18survey6/v1/capture.proto\"\x16\n\x14GetServerInfoRequest\"X\n\nServerInfo\x12\x1a\n\x12\x63\x61_certificate_pem\x18\x01 \x01(\x0c\x12\x18\n\x10software_version\x18\x02 \x01(\t\x12\x14\n\x0c\x61pi_versions\x18\x03 \x03(\t\"\xb6\x01\n\x0bJoinRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12#\n\x04host\x18\x02 \x01(\x0b\x32\x15.survey6.v1.HostFacts\x12\x33\n\x06labels\x18\x03 \x03(\x0b\x32#.survey6.v1.JoinRequest.LabelsEntry\x12\x0f\n\x07\x63sr_pem\x18\x04 \x01(\x0c\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9c\x01\n\x0cJoinResponse\x12\x10\n\x08probe_id\x18\x01 \x01(\t\x12\x1e\n\x16\x63lient_certificate_pem\x18\x02 \x01(\x0c\x12\x1a\n\x12\x63\x61_certificate_pem\x18\x03 \x01(\x0c\x12\x1f\n\x17\x63\x65rtificate_not_after_s\x18\x04 \x01(\x03\x12\x1d\n\x15heartbeat_interval_ms\x18\x05 \x01(\r2\x91\x01\n\tEnrolment\x12I\n\rGetServerInfo\x12 .survey6.v1.GetServerInfoRequest\x1a\x16.survey6.v1.ServerInfo\x12\x39\n\x04Join\x12\x17.survey6.v1.JoinRequest\x1a\x18.survey6.v1.JoinResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asurvey6/v1/enrolment.proto\x12\nsurvey6.v1\x1a\x18survey6/v1/capture.proto\"\x16\n\x14GetServerInfoRequest\"X\n\nServerInfo\x12\x1a\n\x12\x63\x61_certificate_pem\x18\x01 \x01(\x0c\x12\x18\n\x10software_version\x18\x02 \x01(\t\x12\x14\n\x0c\x61pi_versions\x18\x03 \x03(\t\"\xb6\x01\n\x0bJoinRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12#\n\x04host\x18\x02 \x01(\x0b\x32\x15.survey6.v1.HostFacts\x12\x33\n\x06labels\x18\x03 \x03(\x0b\x32#.survey6.v1.JoinRequest.LabelsEntry\x12\x0f\n\x07\x63sr_pem\x18\x04 \x01(\x0c\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb2\x01\n\x0cJoinResponse\x12\x10\n\x08probe_id\x18\x01 \x01(\t\x12\x1e\n\x16\x63lient_certificate_pem\x18\x02 \x01(\x0c\x12\x1a\n\x12\x63\x61_certificate_pem\x18\x03 \x01(\x0c\x12\x1f\n\x17\x63\x65rtificate_not_after_s\x18\x04 \x01(\x03\x12\x1d\n\x15heartbeat_interval_ms\x18\x05 \x01(\r\x12\x14\n\x0c\x63ontrol_port\x18\x06 \x01(\r2\x91\x01\n\tEnrolment\x12I\n\rGetServerInfo\x12 .survey6.v1.GetServerInfoRequest\x1a\x16.survey6.v1.ServerInfo\x12\x39\n\x04Join\x12\x17.survey6.v1.JoinRequest\x1a\x18.survey6.v1.JoinResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,7 +43,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOINREQUEST_LABELSENTRY']._serialized_start=320
   _globals['_JOINREQUEST_LABELSENTRY']._serialized_end=365
   _globals['_JOINRESPONSE']._serialized_start=368
-  _globals['_JOINRESPONSE']._serialized_end=524
-  _globals['_ENROLMENT']._serialized_start=527
-  _globals['_ENROLMENT']._serialized_end=672
+  _globals['_JOINRESPONSE']._serialized_end=546
+  _globals['_ENROLMENT']._serialized_start=549
+  _globals['_ENROLMENT']._serialized_end=694
 # @@protoc_insertion_point(module_scope)

@@ -3,10 +3,12 @@
 isort:skip_file
 survey6 wire API, version 1: enrolment, in the manner of `kubeadm join`.
 
-A new probe first calls GetServerInfo over TLS without verifying the server, hashes the SPKI of
-the returned CA certificate and compares it with the --ca-cert-hash it was given. Only when they
-match does it reconnect verifying the server against that CA and call Join with its bootstrap
-token. Every other service requires the client certificate that Join returns (mTLS).
+The enrolment service listens on its own port with server-only TLS (a probe has no certificate
+yet). A new probe first reads the server's certificate chain without verifying it, hashes the
+SPKI of the CA certificate in it and compares that with the --ca-cert-hash it was given. Only
+when they match does it connect verifying the server against that CA and call Join with its
+bootstrap token. Every other service listens on the control port and requires the client
+certificate that Join returns (mTLS).
 """
 
 from collections import abc as _abc
@@ -133,6 +135,7 @@ class JoinResponse(_message.Message):
     CA_CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
     CERTIFICATE_NOT_AFTER_S_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _builtins.int
+    CONTROL_PORT_FIELD_NUMBER: _builtins.int
     probe_id: _builtins.str
     """Identifier assigned by the server; the probe's name everywhere from now on."""
     client_certificate_pem: _builtins.bytes
@@ -143,6 +146,8 @@ class JoinResponse(_message.Message):
     """End of the client certificate's validity."""
     heartbeat_interval_ms: _builtins.int
     """Heartbeat interval the server asks for."""
+    control_port: _builtins.int
+    """Port of the mTLS services (probe control, upload) on the host the probe joined through."""
     def __init__(
         self,
         *,
@@ -151,10 +156,11 @@ class JoinResponse(_message.Message):
         ca_certificate_pem: _builtins.bytes = ...,
         certificate_not_after_s: _builtins.int = ...,
         heartbeat_interval_ms: _builtins.int = ...,
+        control_port: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_certificate_pem", b"ca_certificate_pem", "certificate_not_after_s", b"certificate_not_after_s", "client_certificate_pem", b"client_certificate_pem", "heartbeat_interval_ms", b"heartbeat_interval_ms", "probe_id", b"probe_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_certificate_pem", b"ca_certificate_pem", "certificate_not_after_s", b"certificate_not_after_s", "client_certificate_pem", b"client_certificate_pem", "control_port", b"control_port", "heartbeat_interval_ms", b"heartbeat_interval_ms", "probe_id", b"probe_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -50,7 +50,7 @@ class EnrolmentServicer:
     """Missing associated documentation comment in .proto file."""
 
     def GetServerInfo(self, request, context):
-        """Public: the server's CA certificate, for the probe to pin before it sends any secret.
+        """Public: the server's CA certificate and versions.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -3,10 +3,12 @@
 isort:skip_file
 survey6 wire API, version 1: enrolment, in the manner of `kubeadm join`.
 
-A new probe first calls GetServerInfo over TLS without verifying the server, hashes the SPKI of
-the returned CA certificate and compares it with the --ca-cert-hash it was given. Only when they
-match does it reconnect verifying the server against that CA and call Join with its bootstrap
-token. Every other service requires the client certificate that Join returns (mTLS).
+The enrolment service listens on its own port with server-only TLS (a probe has no certificate
+yet). A new probe first reads the server's certificate chain without verifying it, hashes the
+SPKI of the CA certificate in it and compares that with the --ca-cert-hash it was given. Only
+when they match does it connect verifying the server against that CA and call Join with its
+bootstrap token. Every other service listens on the control port and requires the client
+certificate that Join returns (mTLS).
 """
 
 from collections import abc as _abc
@@ -38,7 +40,7 @@ class EnrolmentStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> EnrolmentAsyncStub: ...
     GetServerInfo: _grpc.UnaryUnaryMultiCallable[_enrolment_pb2.GetServerInfoRequest, _enrolment_pb2.ServerInfo]
-    """Public: the server's CA certificate, for the probe to pin before it sends any secret."""
+    """Public: the server's CA certificate and versions."""
     Join: _grpc.UnaryUnaryMultiCallable[_enrolment_pb2.JoinRequest, _enrolment_pb2.JoinResponse]
     """Authenticated by the bootstrap token: signs the probe's CSR and assigns its id."""
 
@@ -46,7 +48,7 @@ class EnrolmentStub:
 class EnrolmentAsyncStub(EnrolmentStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetServerInfo: _aio.UnaryUnaryMultiCallable[_enrolment_pb2.GetServerInfoRequest, _enrolment_pb2.ServerInfo]  # type: ignore[assignment]
-    """Public: the server's CA certificate, for the probe to pin before it sends any secret."""
+    """Public: the server's CA certificate and versions."""
     Join: _aio.UnaryUnaryMultiCallable[_enrolment_pb2.JoinRequest, _enrolment_pb2.JoinResponse]  # type: ignore[assignment]
     """Authenticated by the bootstrap token: signs the probe's CSR and assigns its id."""
 
@@ -57,7 +59,7 @@ class EnrolmentServicer(metaclass=_abc_1.ABCMeta):
         request: _enrolment_pb2.GetServerInfoRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_enrolment_pb2.ServerInfo, _abc.Awaitable[_enrolment_pb2.ServerInfo]]:
-        """Public: the server's CA certificate, for the probe to pin before it sends any secret."""
+        """Public: the server's CA certificate and versions."""
 
     @_abc_1.abstractmethod
     def Join(

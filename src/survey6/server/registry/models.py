@@ -1,0 +1,126 @@
+"""Registry tables. Times are timezone-aware UTC datetimes."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UtcDateTime(TypeDecorator[dt.datetime]):
+    """Stores UTC, returns aware datetimes on every backend (SQLite keeps no zone)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the registry; use UTC-aware datetimes")
+        return value.astimezone(dt.UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        return None if value is None else value.replace(tzinfo=dt.UTC)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dt.datetime: UtcDateTime, dict[str, Any]: JSON}
+
+
+class Probe(Base):
+    __tablename__ = "probes"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    host_facts: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Hex serial of the client certificate: every mTLS call is mapped to its probe through it.
+    cert_serial: Mapped[str] = mapped_column(String(64), unique=True)
+    cert_not_after: Mapped[dt.datetime]
+    enrolled_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    left_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    last_heartbeat_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    # The last heartbeat as JSON (protobuf field names), for the list and detail views.
+    last_health: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Last computed liveness state; a change is recorded as an event.
+    state: Mapped[str] = mapped_column(String(16), default="offline")
+
+
+class BootstrapToken(Base):
+    __tablename__ = "bootstrap_tokens"
+
+    token_id: Mapped[str] = mapped_column(String(6), primary_key=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(String(255), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime]
+    # None: unlimited joins until expiry.
+    usages_left: Mapped[int | None] = mapped_column(Integer, default=None)
+    used_count: Mapped[int] = mapped_column(Integer, default=0)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class Event(Base):
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_probe_at", "probe_id", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    probe_id: Mapped[str | None] = mapped_column(ForeignKey("probes.id"), default=None)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # enrolled | state | command | left | token
+    kind: Mapped[str] = mapped_column(String(16))
+    old_state: Mapped[str | None] = mapped_column(String(16), default=None)
+    new_state: Mapped[str | None] = mapped_column(String(16), default=None)
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class Command(Base):
+    __tablename__ = "commands"
+    __table_args__ = (Index("ix_commands_probe_issued", "probe_id", "issued_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    probe_id: Mapped[str] = mapped_column(ForeignKey("probes.id"))
+    # suspend | resume | upload-now | config-change | leave
+    action: Mapped[str] = mapped_column(String(16))
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    issued_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    acked_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    # pending | delivered | succeeded | failed | rejected
+    outcome: Mapped[str] = mapped_column(String(16), default="pending")
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class HeartbeatSample(Base):
+    """Health history for the charts: one row per probe per write-behind flush."""
+
+    __tablename__ = "heartbeat_samples"
+    __table_args__ = (Index("ix_samples_probe_at", "probe_id", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    probe_id: Mapped[str] = mapped_column(ForeignKey("probes.id"))
+    at: Mapped[dt.datetime]
+    capture_state: Mapped[str] = mapped_column(String(16))
+    captured_packets_per_s: Mapped[float] = mapped_column(default=0.0)
+    captured_packets_total: Mapped[int] = mapped_column(Integer, default=0)
+    dropped_packets_total: Mapped[int] = mapped_column(Integer, default=0)
+    backlog_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    link_utilisation_ratio: Mapped[float] = mapped_column(default=-1.0)
+
+
+class WebUser(Base):
+    __tablename__ = "web_users"
+
+    username: Mapped[str] = mapped_column(String(64), primary_key=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    # admin | viewer
+    role: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,1 @@
+"""gRPC services: thin servicers over the server's plain functions, and the servers' factory."""

@@ -1,0 +1,105 @@
+"""The servicers: enrolment (server-only TLS) and probe control (mTLS)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import grpc
+from sqlalchemy.orm import Session, sessionmaker
+
+from survey6 import __version__
+from survey6.server.enrolment import join
+from survey6.server.errors import EnrolmentError, TokenError, UnknownProbeError
+from survey6.server.fleet import Fleet
+from survey6.server.pki import CertificateAuthority
+from survey6.server.rpc.auth import probe_of
+from survey6.wire.v1 import control_pb2, control_pb2_grpc, enrolment_pb2, enrolment_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+API_VERSIONS = ["v1"]
+
+
+class EnrolmentService(enrolment_pb2_grpc.EnrolmentServicer):
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        ca: CertificateAuthority,
+        fleet: Fleet,
+        *,
+        control_port: int,
+        heartbeat_interval_s: float,
+    ) -> None:
+        self.sessions = sessions
+        self.ca = ca
+        self.fleet = fleet
+        self.control_port = control_port
+        self.heartbeat_interval_ms = int(heartbeat_interval_s * 1000)
+
+    def GetServerInfo(
+        self, request: enrolment_pb2.GetServerInfoRequest, context: grpc.ServicerContext
+    ) -> enrolment_pb2.ServerInfo:
+        return enrolment_pb2.ServerInfo(
+            ca_certificate_pem=self.ca.cert_pem, software_version=__version__, api_versions=API_VERSIONS
+        )
+
+    def Join(
+        self, request: enrolment_pb2.JoinRequest, context: grpc.ServicerContext
+    ) -> enrolment_pb2.JoinResponse:
+        peer = context.peer()
+        try:
+            with self.sessions.begin() as session:
+                enrolled = join(session, self.ca, request)
+        except TokenError as exc:
+            log.warning("join refused from %s: %s", peer, exc, extra={"peer": peer})
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"token refused: {exc}")
+        except EnrolmentError as exc:
+            log.warning("join refused from %s: %s", peer, exc, extra={"peer": peer})
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        self.fleet.add_enrolled(enrolled.probe)
+        log.info(
+            "probe enrolled",
+            extra={"probe_id": enrolled.probe.id, "hostname": enrolled.probe.hostname, "peer": peer},
+        )
+        return enrolment_pb2.JoinResponse(
+            probe_id=enrolled.probe.id,
+            client_certificate_pem=enrolled.certificate.cert_pem,
+            ca_certificate_pem=self.ca.cert_pem,
+            certificate_not_after_s=int(enrolled.certificate.not_after.timestamp()),
+            heartbeat_interval_ms=self.heartbeat_interval_ms,
+            control_port=self.control_port,
+        )
+
+
+class ProbeControlService(control_pb2_grpc.ProbeControlServicer):
+    def __init__(self, fleet: Fleet, *, heartbeat_interval_s: float) -> None:
+        self.fleet = fleet
+        self.heartbeat_interval_ms = int(heartbeat_interval_s * 1000)
+
+    def Heartbeat(
+        self, request: control_pb2.HeartbeatRequest, context: grpc.ServicerContext
+    ) -> control_pb2.HeartbeatResponse:
+        probe = probe_of(context, self.fleet)
+        commands = self.fleet.heartbeat(probe.probe_id, request)
+        return control_pb2.HeartbeatResponse(
+            server_time_ns=time.time_ns(), heartbeat_interval_ms=self.heartbeat_interval_ms, commands=commands
+        )
+
+    def AcknowledgeCommand(
+        self, request: control_pb2.CommandAck, context: grpc.ServicerContext
+    ) -> control_pb2.CommandAckResponse:
+        probe = probe_of(context, self.fleet)
+        try:
+            self.fleet.acknowledge(probe.probe_id, request)
+        except UnknownProbeError as exc:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        return control_pb2.CommandAckResponse()
+
+    def Leave(
+        self, request: control_pb2.LeaveRequest, context: grpc.ServicerContext
+    ) -> control_pb2.LeaveResponse:
+        probe = probe_of(context, self.fleet)
+        self.fleet.leave(probe.probe_id, request.reason or "probe left")
+        log.info("probe left", extra={"probe_id": probe.probe_id, "reason": request.reason})
+        return control_pb2.LeaveResponse()
