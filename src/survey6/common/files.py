@@ -6,10 +6,15 @@ import os
 from pathlib import Path
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replaces `path` with `data`: temp file in the same directory, fsync, rename, fsync the directory."""
+def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replaces `path` with `data`: temp file in the same directory, fsync, rename, fsync the directory.
+
+    The file is created with `mode` (less the umask), so a secret is never readable by others, even
+    for a moment.
+    """
     temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "wb") as stream:
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as stream:
         stream.write(data)
         stream.flush()
         os.fsync(stream.fileno())

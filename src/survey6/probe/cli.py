@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import time
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import click
 
@@ -15,15 +17,21 @@ from survey6.common.cli import config_option, load_side_settings, print_settings
 from survey6.common.errors import Survey6Error
 from survey6.common.log import configure_logging
 from survey6.common.units import parse_duration, parse_size
-from survey6.probe import standalone
+from survey6.probe import identity as identity_store
+from survey6.probe import service, standalone
+from survey6.probe.agent import Agent
 from survey6.probe.capture import Capture, Provenance
-from survey6.probe.errors import ProbeError
+from survey6.probe.control import ControlServer
+from survey6.probe.control import request as control_request
+from survey6.probe.control import socket_path as control_socket_path
+from survey6.probe.errors import AgentError, ProbeError
 from survey6.probe.metadata import read_sidecar
 from survey6.probe.pcap import CaptureHandle
 from survey6.probe.settings import ProbeSettings
 from survey6.probe.spool import ReadyFile, Spool
 from survey6.probe.status import status_line, summary
 
+EXIT_NOT_RUNNING = 3  # as LSB init scripts' status
 STATUS_INTERVAL_S = 1.0
 STATUS_LOG_INTERVAL_S = 30.0  # when stderr is not a terminal, a status record this often instead
 
@@ -236,6 +244,150 @@ def _capture_live(captures: list[Capture], spool: Spool, duration: float | None)
         if isinstance(error, Survey6Error):
             raise error
         raise ProbeError(f"capture failed: {error!r}") from error
+
+
+def _state_dir_option(function: Any) -> Any:
+    return click.option(
+        "--state-dir",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=None,
+        help="Identity, agent state and control socket [/var/lib/survey6/probe].",
+    )(function)
+
+
+@cli.command("join")
+@click.argument("server")
+@click.option("--token", required=True, help="Bootstrap token from `survey6-server token create`.")
+@click.option("--ca-cert-hash", required=True, help="sha256:<hex> pin of the server's CA.")
+@_state_dir_option
+@click.option("--label", "labels", multiple=True, help="key=value describing this probe (repeatable).")
+@click.option("-i", "--interface", "interfaces", multiple=True, help="Interfaces to report (and capture).")
+@click.pass_context
+def join_command(ctx: click.Context, server: str, token: str, ca_cert_hash: str, state_dir: Path | None,
+                 labels: tuple[str, ...], interfaces: tuple[str, ...]) -> None:  # fmt: skip
+    """Enrol with a survey6 server at HOST:PORT (its enrolment port).
+
+    The server's CA must match --ca-cert-hash before the token is sent.
+    """
+    settings = load_side_settings(
+        ctx,
+        ProbeSettings,
+        "probe",
+        overrides={"state_dir": state_dir, "capture.interfaces": list(interfaces) or None},
+    )
+    joined = identity_store.join(
+        server,
+        token=token,
+        ca_cert_hash=ca_cert_hash,
+        state_dir=settings.state_dir,
+        labels=_labels(labels),
+        interfaces=settings.capture.interfaces,
+    )
+    click.echo(f"joined as {joined.probe_id}; control endpoint {joined.control_target}")
+    click.echo("start the probe with `survey6-probe start` (or `survey6-probe run` in the foreground)")
+
+
+@cli.command("run")
+@_state_dir_option
+@click.option("-i", "--interface", "interfaces", multiple=True, help="Interface to capture on (repeatable).")
+@click.option(
+    "-o", "--spool", "spool_dir", type=click.Path(path_type=Path, file_okay=False), help="Spool directory."
+)
+@click.pass_context
+def run_command(ctx: click.Context, state_dir: Path | None, interfaces: tuple[str, ...],
+                spool_dir: Path | None) -> None:  # fmt: skip
+    """Run the probe in the foreground: capture, heartbeat, commands (what the service runs)."""
+    settings = load_side_settings(
+        ctx,
+        ProbeSettings,
+        "probe",
+        overrides={
+            "state_dir": state_dir,
+            "capture.interfaces": list(interfaces) or None,
+            "spool.dir": spool_dir,
+        },
+    )
+    configure_logging(settings.logging)
+    joined, credentials = identity_store.load(settings.state_dir)
+    agent = Agent(settings, joined, credentials)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        agent.request_stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    server = ControlServer(control_socket_path(settings.state_dir), agent)
+    server.start()
+    try:
+        agent.run()
+    finally:
+        server.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _control(ctx: click.Context, state_dir: Path | None, op: str) -> dict[str, Any]:
+    settings = load_side_settings(ctx, ProbeSettings, "probe", overrides={"state_dir": state_dir})
+    return control_request(settings.state_dir, op)
+
+
+@cli.command("status")
+@_state_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def status_command(ctx: click.Context, state_dir: Path | None, as_json: bool) -> None:
+    """Show the running probe's state (exit status 3 when it is not running)."""
+    try:
+        status = _control(ctx, state_dir, "status")["status"]
+    except AgentError as exc:
+        if as_json:
+            click.echo(json.dumps({"running": False, "reason": str(exc)}))
+        else:
+            click.echo(f"not running: {exc}")
+        raise SystemExit(EXIT_NOT_RUNNING) from exc
+    if as_json:
+        click.echo(json.dumps({"running": True, **status}, indent=2))
+        return
+    reach = (
+        "reachable"
+        if status["server_reachable"]
+        else f"unreachable ({status['heartbeat_failures']} failures)"
+    )
+    click.echo(f"probe {status['probe_id']}: {status['capture_state']}; server {status['server']} {reach}")
+    for interface in status["interfaces"]:
+        packets, dropped = interface["captured_packets_total"], interface["dropped"]
+        click.echo(f"  {interface['name']}: {packets:,} packets, {dropped:,} dropped")
+    click.echo(f"  backlog: {status['backlog_files']} files, {status['backlog_bytes']:,} bytes")
+
+
+def _simple_control(name: str, op: str, help_text: str) -> None:
+    @cli.command(name, help=help_text)
+    @_state_dir_option
+    @click.pass_context
+    def command(ctx: click.Context, state_dir: Path | None) -> None:
+        click.echo(_control(ctx, state_dir, op).get("detail", "done"))
+
+
+_simple_control("suspend", "suspend", "Stop capturing (sealed files are kept and still delivered).")
+_simple_control("resume", "resume", "Start capturing again after a suspend.")
+_simple_control("leave", "leave", "Leave the server: its certificate is revoked and the identity forgotten.")
+
+
+@cli.command("start")
+@_state_dir_option
+@click.pass_context
+def start_command(ctx: click.Context, state_dir: Path | None) -> None:
+    """Start the probe service (systemd where there is one, else a background process)."""
+    settings = load_side_settings(ctx, ProbeSettings, "probe", overrides={"state_dir": state_dir})
+    click.echo(service.start(settings.state_dir, ctx.find_root().params.get("config_file")))
+
+
+@cli.command("stop")
+@_state_dir_option
+@click.pass_context
+def stop_command(ctx: click.Context, state_dir: Path | None) -> None:
+    """Stop the probe service; the open capture file is sealed."""
+    settings = load_side_settings(ctx, ProbeSettings, "probe", overrides={"state_dir": state_dir})
+    click.echo(service.stop(settings.state_dir))
 
 
 def main() -> None:

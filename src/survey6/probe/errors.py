@@ -12,8 +12,12 @@ cares catches the narrow type::
         │   └── DumpWriteError           a capture file that cannot be opened, written or flushed
         ├── PcapFileError           an existing pcap file that is unreadable, corrupt or not pcap
         ├── MetadataError           a capture metadata sidecar that is unreadable or invalid
-        └── SpoolError              the spool directory cannot be used
-            └── SpoolLockedError    another process is writing the same spool
+        ├── SpoolError              the spool directory cannot be used
+        │   └── SpoolLockedError    another process is writing the same spool
+        ├── JoinError               enrolment failed: server unreachable or the token refused
+        │   └── CaHashMismatchError the server's CA is not the pinned one (the token was not sent)
+        ├── NotEnrolledError        no usable identity: the probe has not joined
+        └── AgentError              the local probe service cannot be reached or controlled
 """
 
 from __future__ import annotations
@@ -59,3 +63,19 @@ class SpoolError(ProbeError):
 
 class SpoolLockedError(SpoolError):
     """Another process holds the spool's writer lock."""
+
+
+class JoinError(ProbeError):
+    """Enrolment failed: the server cannot be reached, or it refused the token."""
+
+
+class CaHashMismatchError(JoinError):
+    """The server does not present the pinned CA; nothing secret was sent to it."""
+
+
+class NotEnrolledError(ProbeError):
+    """The probe has no usable identity: join first."""
+
+
+class AgentError(ProbeError):
+    """The local probe service is not running or does not answer."""

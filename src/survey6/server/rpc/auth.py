@@ -4,6 +4,8 @@ even while its certificate is still within its validity."""
 
 from __future__ import annotations
 
+from typing import cast
+
 import grpc
 from cryptography import x509
 
@@ -14,7 +16,9 @@ PEM_CERT_KEY = "x509_pem_cert"
 
 def probe_of(context: grpc.ServicerContext, fleet: Fleet) -> ProbeEntry:
     """The calling probe; aborts the call when there is none (the abort raises)."""
-    pem = next(iter(context.auth_context().get(PEM_CERT_KEY, ())), None)
+    # At run time each value is a list of bytes (the stubs say bytes).
+    values = cast(list[bytes], context.auth_context().get(PEM_CERT_KEY) or [])
+    pem = values[0] if values else None
     if pem is None:
         context.abort(grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required: join first")
     serial = format(x509.load_pem_x509_certificate(pem).serial_number, "x")
