@@ -193,7 +193,7 @@ def token_list(ctx: click.Context, data_dir: Path | None, as_json: bool) -> None
         {
             "token_id": r.token_id,
             "status": r.status(now),
-            "expires_at": r.expires_at.isoformat(),
+            "expires_at": r.expires_at.strftime("%Y-%m-%d %H:%M:%SZ"),
             "usages_left": r.usages_left,
             "used_count": r.used_count,
             "description": r.description,
@@ -203,11 +203,11 @@ def token_list(ctx: click.Context, data_dir: Path | None, as_json: bool) -> None
     if as_json:
         click.echo(json.dumps(items, indent=2))
         return
-    click.echo(f"{'ID':<8}{'STATUS':<10}{'EXPIRES':<27}{'USES LEFT':<11}{'USED':<6}DESCRIPTION")
+    click.echo(f"{'ID':<8}{'STATUS':<10}{'EXPIRES':<22}{'USES LEFT':<11}{'USED':<6}DESCRIPTION")
     for item in items:
         left = "-" if item["usages_left"] is None else str(item["usages_left"])
         click.echo(
-            f"{item['token_id']:<8}{item['status']:<10}{item['expires_at']:<27}{left:<11}"
+            f"{item['token_id']:<8}{item['status']:<10}{item['expires_at']:<22}{left:<11}"
             f"{item['used_count']:<6}{item['description']}"
         )
 

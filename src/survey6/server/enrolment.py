@@ -54,6 +54,7 @@ def join(session: Session, ca: CertificateAuthority, request: enrolment_pb2.Join
         state="offline",
     )
     session.add(probe)
+    session.flush()  # the event below refers to the probe
     session.add(
         Event(probe_id=probe_id, kind="enrolled", detail=f"joined with token {token_id} from {hostname}")
     )

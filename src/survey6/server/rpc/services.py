@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 import grpc
 from sqlalchemy.orm import Session, sessionmaker
@@ -17,6 +20,27 @@ from survey6.server.rpc.auth import probe_of
 from survey6.wire.v1 import control_pb2, control_pb2_grpc, enrolment_pb2, enrolment_pb2_grpc
 
 log = logging.getLogger(__name__)
+
+_ServicerMethod = TypeVar("_ServicerMethod", bound=Callable[..., Any])
+
+
+def guarded(method: _ServicerMethod) -> _ServicerMethod:
+    """An unexpected exception becomes INTERNAL with a bland message; the details go to the log only."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except Exception as exc:
+            code = getattr(context, "code", lambda: None)()  # missing from the type stubs
+            if code is not None and code != grpc.StatusCode.OK:
+                raise  # abort() raises after choosing the status: let it through
+            log.exception("%s failed", method.__name__, extra={"peer": context.peer()})
+            context.abort(grpc.StatusCode.INTERNAL, "internal server error")
+            raise AssertionError("unreachable") from exc
+
+    return cast(_ServicerMethod, wrapper)
+
 
 API_VERSIONS = ["v1"]
 
@@ -37,6 +61,7 @@ class EnrolmentService(enrolment_pb2_grpc.EnrolmentServicer):
         self.control_port = control_port
         self.heartbeat_interval_ms = int(heartbeat_interval_s * 1000)
 
+    @guarded
     def GetServerInfo(
         self, request: enrolment_pb2.GetServerInfoRequest, context: grpc.ServicerContext
     ) -> enrolment_pb2.ServerInfo:
@@ -44,6 +69,7 @@ class EnrolmentService(enrolment_pb2_grpc.EnrolmentServicer):
             ca_certificate_pem=self.ca.cert_pem, software_version=__version__, api_versions=API_VERSIONS
         )
 
+    @guarded
     def Join(
         self, request: enrolment_pb2.JoinRequest, context: grpc.ServicerContext
     ) -> enrolment_pb2.JoinResponse:
@@ -77,6 +103,7 @@ class ProbeControlService(control_pb2_grpc.ProbeControlServicer):
         self.fleet = fleet
         self.heartbeat_interval_ms = int(heartbeat_interval_s * 1000)
 
+    @guarded
     def Heartbeat(
         self, request: control_pb2.HeartbeatRequest, context: grpc.ServicerContext
     ) -> control_pb2.HeartbeatResponse:
@@ -86,6 +113,7 @@ class ProbeControlService(control_pb2_grpc.ProbeControlServicer):
             server_time_ns=time.time_ns(), heartbeat_interval_ms=self.heartbeat_interval_ms, commands=commands
         )
 
+    @guarded
     def AcknowledgeCommand(
         self, request: control_pb2.CommandAck, context: grpc.ServicerContext
     ) -> control_pb2.CommandAckResponse:
@@ -96,6 +124,7 @@ class ProbeControlService(control_pb2_grpc.ProbeControlServicer):
             context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         return control_pb2.CommandAckResponse()
 
+    @guarded
     def Leave(
         self, request: control_pb2.LeaveRequest, context: grpc.ServicerContext
     ) -> control_pb2.LeaveResponse:
