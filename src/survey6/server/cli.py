@@ -13,6 +13,7 @@ import click
 from sqlalchemy import select
 
 from survey6 import __version__
+from survey6.common import systemd
 from survey6.common.cli import config_option, load_side_settings, print_settings, run_group
 from survey6.common.log import configure_logging
 from survey6.common.units import parse_duration
@@ -123,9 +124,11 @@ def run_command(ctx: click.Context, data_dir: Path | None, grpc_listen: str | No
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     app.start()
+    systemd.ready(f"serving probes on {app.control_port}, enrolment on {app.enrol_port}")
     try:
         app.wait()
     finally:
+        systemd.stopping()
         app.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -100,7 +100,6 @@ def test_leave_then_the_certificate_is_refused(
     server: ServerProcess, tmp_path: Path, agents: list[ProbeAgent]
 ) -> None:
 
-
     agent = joined_agent(server, tmp_path, agents)
     probe_id = agent.probe_id
     identity = agent.state_dir / "identity"
