@@ -298,3 +298,26 @@ def test_two_interfaces_share_one_gapless_sequence(netns_pair: NetnsPair, tmp_pa
     assert by_interface[netns_pair.if_b] >= 200
     assert by_interface["lo"] >= 6  # three echo requests and three replies
     assert sorted(int(str(f.metadata["sequence"])) for f in files) == list(range(1, len(files) + 1))
+
+
+def test_capture_runs_as_an_unprivileged_user_with_only_the_capture_capabilities() -> None:
+    import shutil
+    import tempfile
+
+    unprivileged = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                    "--inh-caps=-all,+net_raw,+net_admin", "--ambient-caps=+net_raw,+net_admin",
+                    "--bounding-set=-all,+net_raw,+net_admin")  # fmt: skip
+    reachable = subprocess.run([*unprivileged, PROBE, "--version"], capture_output=True, timeout=60)
+    if reachable.returncode != 0:
+        pytest.skip("this checkout is not readable by an unprivileged user, so it cannot run one")
+    work = Path(tempfile.mkdtemp(prefix="survey6-unprivileged-"))
+    try:
+        work.chmod(0o777)
+        result = run_probe(
+            "capture", "-i", "lo", "-o", str(work / "spool"), "--duration", "1s", prefix=unprivileged
+        )
+        assert result.returncode == 0, result.stderr
+        assert "captured" in result.stdout
+        assert (work / "spool" / "state.json").stat().st_uid == 65534
+    finally:
+        shutil.rmtree(work)
