@@ -6,6 +6,7 @@ print a one-line reason and exit non-zero::
     Survey6Error
     ├── ConfigError            settings that cannot be loaded or are invalid (common)
     ├── UnitError              a size or duration that cannot be parsed (common)
+    ├── MetadataError          capture metadata that is unreadable or invalid (common)
     ├── survey6.probe.errors   capture, spool, enrolment and delivery errors
     ├── survey6.server.errors  registry, enrolment and upload errors
     └── survey6.aggregator.errors  parse and dataset errors
@@ -24,3 +25,7 @@ class ConfigError(Survey6Error):
 
 class UnitError(Survey6Error, ValueError):
     """A size ("64MiB") or duration ("60s") that cannot be parsed."""
+
+
+class MetadataError(Survey6Error):
+    """Capture metadata that cannot be parsed or does not validate; the message names the field."""

@@ -11,7 +11,6 @@ cares catches the narrow type::
         │   ├── FilterError              a BPF expression that does not compile or cannot be set
         │   └── DumpWriteError           a capture file that cannot be opened, written or flushed
         ├── PcapFileError           an existing pcap file that is unreadable, corrupt or not pcap
-        ├── MetadataError           a capture metadata sidecar that is unreadable or invalid
         ├── SpoolError              the spool directory cannot be used
         │   └── SpoolLockedError    another process is writing the same spool
         ├── JoinError               enrolment failed: server unreachable or the token refused
@@ -22,6 +21,7 @@ cares catches the narrow type::
 
 from __future__ import annotations
 
+from survey6.common.errors import MetadataError as MetadataError  # raised by the sidecar functions
 from survey6.common.errors import Survey6Error
 
 
@@ -51,10 +51,6 @@ class DumpWriteError(CaptureError):
 
 class PcapFileError(ProbeError):
     """A pcap file that cannot be read: missing, truncated header, corrupt records, or not pcap."""
-
-
-class MetadataError(ProbeError):
-    """A capture metadata sidecar that cannot be read or does not validate; the message names the field."""
 
 
 class SpoolError(ProbeError):

@@ -1,80 +1,26 @@
-"""The capture metadata sidecar: one JSON file next to each sealed pcap.
-
-The schema is the wire message ``survey6.v1.CaptureMetadata`` (``proto/survey6/v1/capture.proto``,
-documented in ``docs/capture-metadata.md``) in protobuf's canonical JSON mapping with the proto
-field names, so the sidecar and the upload header can never drift apart. Reading validates: unknown
-fields, wrong types and values that cannot be right (a bad sha256, sequence 0, a size that cannot
-hold the packets) are errors.
-"""
+"""The capture metadata sidecar: one JSON file next to each sealed pcap (format and checks in
+``survey6.common.capture_metadata``)."""
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 
-from google.protobuf import json_format
-
+from survey6.common.capture_metadata import SCHEMA_VERSION, from_json, to_json, validate
+from survey6.common.errors import MetadataError
 from survey6.common.files import write_atomically
-from survey6.probe.errors import MetadataError
 from survey6.wire.v1 import capture_pb2
 
-SCHEMA_VERSION = 1
-PCAP_GLOBAL_HEADER_BYTES = 24
-PCAP_RECORD_HEADER_BYTES = 16
+__all__ = [
+    "SCHEMA_VERSION",
+    "from_json",
+    "read_sidecar",
+    "sidecar_path",
+    "to_json",
+    "validate",
+    "write_sidecar",
+]
+
 SIDECAR_SUFFIX = ".json"
-_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
-_FILE_FORMATS = frozenset({"pcap", "pcapng"})
-
-
-def to_json(metadata: capture_pb2.CaptureMetadata) -> str:
-    return json_format.MessageToJson(
-        metadata, preserving_proto_field_name=True, always_print_fields_with_no_presence=True, indent=2
-    )
-
-
-def from_json(text: str, source: str = "metadata") -> capture_pb2.CaptureMetadata:
-    """Parses and validates a sidecar.
-
-    Raises:
-        MetadataError: not JSON, unknown fields, wrong types, or inconsistent values.
-    """
-    metadata = capture_pb2.CaptureMetadata()
-    try:
-        json_format.Parse(text, metadata, ignore_unknown_fields=False)
-    except (json_format.ParseError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MetadataError(f"{source}: not valid capture metadata: {exc}") from exc
-    validate(metadata, source)
-    return metadata
-
-
-def validate(metadata: capture_pb2.CaptureMetadata, source: str = "metadata") -> None:
-    """Checks the values a sealed file's metadata must have.
-
-    Raises:
-        MetadataError: naming the first field that is wrong.
-    """
-    problems = []
-    if metadata.schema_version != SCHEMA_VERSION:
-        problems.append(f"schema_version {metadata.schema_version} is not {SCHEMA_VERSION}")
-    if metadata.sequence < 1:
-        problems.append("sequence must be 1 or more")
-    if not _SHA256_HEX.match(metadata.sha256_hex):
-        problems.append("sha256_hex must be 64 lower-case hex digits")
-    if metadata.file_format not in _FILE_FORMATS:
-        problems.append(f"file_format {metadata.file_format!r} is not pcap or pcapng")
-    if metadata.file_format == "pcap":
-        expected = PCAP_GLOBAL_HEADER_BYTES + PCAP_RECORD_HEADER_BYTES * metadata.packets
-        if metadata.file_size_bytes != expected + metadata.captured_bytes:
-            problems.append("file_size_bytes does not match packets and captured_bytes")
-    if metadata.packets and metadata.first_packet_time_ns > metadata.last_packet_time_ns:
-        problems.append("first_packet_time_ns is after last_packet_time_ns")
-    if metadata.window_end_ns < metadata.window_start_ns:
-        problems.append("window_end_ns is before window_start_ns")
-    if not metadata.HasField("interface") or not metadata.interface.name:
-        problems.append("interface.name is missing")
-    if problems:
-        raise MetadataError(f"{source}: invalid capture metadata: {problems[0]}")
 
 
 def sidecar_path(capture_path: Path) -> Path:
