@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,8 +27,10 @@ from survey6.probe import standalone
 from survey6.probe.capture import Capture, Provenance
 from survey6.probe.errors import AgentError, ProbeError
 from survey6.probe.identity import Credentials, Identity
+from survey6.probe.linkmonitor import LinkMonitor
 from survey6.probe.settings import ProbeSettings
 from survey6.probe.spool import Spool
+from survey6.probe.uploader import Uploader
 from survey6.wire.v1 import control_pb2, control_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -35,6 +38,19 @@ log = logging.getLogger(__name__)
 HEARTBEAT_DEADLINE_S = 10.0
 MAX_BACKOFF_S = 60.0
 REMEMBERED_COMMANDS = 1000
+MAX_MESSAGE_BYTES = 2 << 20  # an upload chunk (at most 1 MiB) and its header
+
+
+def own_traffic_filter(identity: Identity) -> str:
+    """BPF for the probe's connections to the server (only IPv6 matters: the filter is IPv6-only)."""
+    try:
+        infos = socket.getaddrinfo(identity.server_host, None, socket.AF_INET6, socket.SOCK_STREAM)
+    except socket.gaierror:
+        return ""  # IPv4-only server name: its traffic is outside the IPv6 filter anyway
+    ports = sorted({identity.control_port, identity.enrol_port})
+    hosts = sorted({str(info[4][0]).split("%")[0] for info in infos})
+    port_part = " or ".join(f"tcp port {p}" for p in ports)
+    return " or ".join(f"(ip6 host {h} and ({port_part}))" for h in hosts)
 
 
 @dataclass
@@ -74,6 +90,9 @@ class Agent:
         self.heartbeat_failures = 0
         self.last_heartbeat_ok: float | None = None
         self._stub: control_pb2_grpc.ProbeControlStub | None = None
+        self.monitor: LinkMonitor | None = None
+        self.uploader: Uploader | None = None
+        self._uploader_thread: threading.Thread | None = None
         # One command at a time, whether it came from the server or the local control socket.
         self._command_lock = threading.Lock()
 
@@ -110,7 +129,7 @@ class Agent:
         assert self.spool is not None
         with self._lock:
             try:
-                handles = standalone.open_live_handles(self.settings)
+                handles = standalone.open_live_handles(self._capture_settings())
             except ProbeError as exc:
                 self.capture_error = str(exc)
                 log.error("capture cannot start: %s", exc)
@@ -119,6 +138,17 @@ class Agent:
             self.captures = [Capture(h, options, self.spool, self.provenance) for options, h in handles]
             self._threads = standalone.start_threads(self.captures)
             log.info("capturing", extra={"interfaces": [c.options.interface for c in self.captures]})
+
+    def _capture_settings(self) -> ProbeSettings:
+        """The settings with a filter that leaves out the probe's own traffic to the server, so that
+        uploads never feed the capture (shown as such in every file's metadata)."""
+        exclusion = own_traffic_filter(self.identity)
+        if not exclusion:
+            return self.settings
+        settings = self.settings.model_copy(deep=True)
+        # The exclusion comes first: after a "vlan" test, libpcap shifts the offsets of all later tests.
+        settings.capture.filter = f"not ({exclusion}) and ({settings.capture.filter})"
+        return settings
 
     def _stop_capture(self) -> None:
         with self._lock:
@@ -219,10 +249,21 @@ class Agent:
                 lost_packets_total=state.lost_packets_total,
                 last_sealed_sequence=state.last_sequence,
             ),
-            upload=control_pb2.UploadHealth(),
+            upload=self._upload_health(),
         )
         request.interfaces.extend(self._interface_health())
         return request
+
+    def _upload_health(self) -> control_pb2.UploadHealth:
+        if self.uploader is None:
+            return control_pb2.UploadHealth()
+        status = self.uploader.status
+        return control_pb2.UploadHealth(
+            uploading=status.uploading,
+            last_upload_ns=status.last_upload_ns,
+            uploaded_files_total=status.uploaded_files_total,
+            uploaded_bytes_total=status.uploaded_bytes_total,
+        )
 
     def _interface_health(self) -> list[control_pb2.InterfaceHealth]:
         with self._lock:
@@ -241,18 +282,23 @@ class Agent:
         before_at, before = self._last_rate_sample
         elapsed = max(now - before_at, 1e-3)
         self._last_rate_sample = (now, {name: v[0] for name, v in totals.items()})
-        return [
-            control_pb2.InterfaceHealth(
-                name=name,
-                captured_packets_total=values[0],
-                received_packets_total=values[1],
-                dropped_packets_total=values[2],
-                interface_dropped_packets_total=values[3],
-                captured_packets_per_s=max(values[0] - before.get(name, values[0]), 0) / elapsed,
-                link_utilisation_ratio=-1.0,  # measured by the link monitor, which this version lacks
+        monitor = self.monitor
+        health = []
+        for name, values in sorted(totals.items()):
+            utilisation = monitor.utilisation if monitor is not None and monitor.interface == name else None
+            health.append(
+                control_pb2.InterfaceHealth(
+                    name=name,
+                    captured_packets_total=values[0],
+                    received_packets_total=values[1],
+                    dropped_packets_total=values[2],
+                    interface_dropped_packets_total=values[3],
+                    captured_packets_per_s=max(values[0] - before.get(name, values[0]), 0) / elapsed,
+                    link_utilisation_ratio=-1.0 if utilisation is None else utilisation,
+                    link_idle=utilisation is not None and monitor is not None and monitor.idle,
+                )
             )
-            for name, values in sorted(totals.items())
-        ]
+        return health
 
     # -- commands -------------------------------------------------------------------------------
 
@@ -311,7 +357,10 @@ class Agent:
         if action == "leave":
             return CommandResult(ok, "leaving")
         if action == "upload_now":
-            return CommandResult(rejected, "this probe version does not upload captures yet")
+            if self.uploader is None:
+                return CommandResult(rejected, "not connected to the server yet")
+            self.uploader.upload_now.set()
+            return CommandResult(ok, "uploading the whole backlog now")
         return CommandResult(rejected, f"unknown command {action!r}")
 
     def _change_config(self, change: control_pb2.ConfigChange) -> CommandResult:

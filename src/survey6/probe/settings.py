@@ -34,6 +34,26 @@ class SpoolSettings(StrictModel):
     full_policy: Literal["pause", "drop-oldest"] = "pause"
 
 
+class DeliverySettings(StrictModel):
+    """When and how fast sealed files go to the server."""
+
+    # Interface whose idleness gates uploads; empty: the first capture interface.
+    interface: str = ""
+    # Link capacity in bits/s; 0: the driver's speed (/sys/class/net/IF/speed).
+    link_capacity_bps: float = Field(default=0.0, ge=0)
+    # The link is idle when its smoothed utilisation (without our own uploads) stays under the
+    # threshold for the hold time.
+    idle_threshold_ratio: float = Field(default=0.1, gt=0, le=1)
+    idle_hold_s: Seconds = Field(default=30.0, ge=0)
+    smoothing_s: Seconds = Field(default=5.0, gt=0)
+    # Share of the idle headroom an upload may use (token bucket).
+    upload_share_ratio: float = Field(default=0.5, gt=0, le=1)
+    # Overrides: upload whatever the link does when the backlog or the oldest file gets this big/old.
+    backlog_high_water_bytes: ByteCount = Field(default=2 << 30, gt=0)
+    max_deferral_s: Seconds = Field(default=6 * 3600.0, gt=0)
+    chunk_bytes: ByteCount = Field(default=256 << 10, ge=4096, le=1 << 20)
+
+
 class HeartbeatSettings(StrictModel):
     interval_s: Seconds = Field(default=3.0, gt=0)
 
@@ -44,4 +64,5 @@ class ProbeSettings(StrictModel):
     capture: CaptureSettings = Field(default_factory=CaptureSettings)
     spool: SpoolSettings = Field(default_factory=SpoolSettings)
     heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
