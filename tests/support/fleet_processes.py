@@ -43,21 +43,40 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, interval
 class ServerProcess:
     """``survey6-server`` with its own data directory and fixed loopback ports (restartable)."""
 
-    def __init__(self, root: Path, **liveness: float) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        netns: str | None = None,
+        host: str = "127.0.0.1",
+        redis_url: str = "",
+        **liveness: float,
+    ) -> None:
         self.data_dir = root / "server"
         self.log_path = root / "server.log"
-        self.enrol_port = free_tcp_port()
-        self.control_port = free_tcp_port()
+        self.netns = netns
+        self.host = host
+        # In a namespace of its own any port is free; on the host, ask the kernel for free ones.
+        self.enrol_port = 32000 if netns else free_tcp_port()
+        self.control_port = 32001 if netns else free_tcp_port()
         self.env = {f"SURVEY6_LIVENESS__{k.upper()}": str(v) for k, v in liveness.items()}
+        if redis_url:
+            self.env["SURVEY6_REDIS_URL"] = redis_url
         self.process: subprocess.Popen[bytes] | None = None
         result = run([SERVER, "init", "--data-dir", str(self.data_dir), "--server-name", "localhost",
-                      "--server-name", "127.0.0.1"])  # fmt: skip
+                      "--server-name", host])  # fmt: skip
         assert result.returncode == 0, result.stderr
         self.ca_hash = re.search(r"sha256:[0-9a-f]{64}", result.stdout).group(0)  # type: ignore[union-attr]
 
     @property
     def enrol_address(self) -> str:
-        return f"127.0.0.1:{self.enrol_port}"
+        return f"[{self.host}]:{self.enrol_port}" if ":" in self.host else f"{self.host}:{self.enrol_port}"
+
+    @property
+    def control_address(self) -> str:
+        return (
+            f"[{self.host}]:{self.control_port}" if ":" in self.host else f"{self.host}:{self.control_port}"
+        )
 
     def _listening_lines(self) -> int:
         if not self.log_path.exists():
@@ -67,9 +86,10 @@ class ServerProcess:
     def start(self) -> None:
         before = self._listening_lines()
         log = open(self.log_path, "ab")
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
         self.process = subprocess.Popen(
-            [SERVER, "run", "--data-dir", str(self.data_dir), "--enrol-listen", self.enrol_address,
-             "--grpc-listen", f"127.0.0.1:{self.control_port}"],
+            [*prefix, SERVER, "run", "--data-dir", str(self.data_dir), "--enrol-listen", self.enrol_address,
+             "--grpc-listen", self.control_address],
             stdout=log, stderr=log, env={**os.environ, **self.env},
         )  # fmt: skip
         log.close()

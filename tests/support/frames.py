@@ -1,6 +1,6 @@
 """Raw Ethernet frames onto one interface of a test namespace, to check what the capture filter keeps.
 
-    frames.py --interface IF --dst-mac MAC --kind ipv6|vlan-ipv6|ipv4|arp --count N [--start S]
+    frames.py --interface IF --dst-mac MAC --kind ipv6|vlan-ipv6|ipv4|arp --count N [--start S] [--rate R]
 
 Frames are written with an AF_PACKET socket straight onto the veth link: they never leave the link,
 whatever addresses they carry (only ULA fd00::/64 for IPv6 and the benchmarking range 198.18.0.0/15
@@ -14,6 +14,7 @@ import argparse
 import ipaddress
 import socket
 import struct
+import time
 
 ETH_P_IPV6 = 0x86DD
 ETH_P_IP = 0x0800
@@ -81,16 +82,22 @@ def main() -> None:
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--start", type=int, default=0)
     parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--rate", type=float, default=0.0, help="frames per second; 0 = as fast as possible")
     args = parser.parse_args()
     with open(f"/sys/class/net/{args.interface}/address") as stream:
         src_mac = bytes.fromhex(stream.read().strip().replace(":", ""))
     dst_mac = bytes.fromhex(args.dst_mac.replace(":", ""))
     sent = 0
+    interval = 1.0 / args.rate if args.rate > 0 else 0.0
+    next_at = time.monotonic()
     with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as sock:
         sock.bind((args.interface, 0))
         for index in range(args.start, args.start + args.count):
             sock.send(frame(args.kind, index, args.size, src_mac, dst_mac))
             sent += 1
+            if interval:
+                next_at += interval
+                time.sleep(max(next_at - time.monotonic(), 0))
     print(sent)
 
 

@@ -111,12 +111,16 @@ class NetnsPair:
     def mac(self, ns: str, ifname: str) -> str:
         return self.exec(ns, ["cat", f"/sys/class/net/{ifname}/address"]).strip()
 
-    def send_frames(self, kind: str, count: int, *, start: int = 0, size: int = 64) -> int:
+    def frames_argv(
+        self, kind: str, count: int, *, start: int = 0, size: int = 64, rate: float = 0
+    ) -> list[str]:
+        return ["ip", "netns", "exec", self.ns_a, sys.executable, str(FRAMES_TOOL), "--interface", self.if_a,
+                "--kind", kind, "--dst-mac", self.mac(self.ns_b, self.if_b), "--count", str(count),
+                "--start", str(start), "--size", str(size), "--rate", str(rate)]  # fmt: skip
+
+    def send_frames(self, kind: str, count: int, *, start: int = 0, size: int = 64, rate: float = 0) -> int:
         """Writes `count` raw frames of a kind from host A's interface onto the link to host B."""
-        argv = [sys.executable, str(FRAMES_TOOL), "--interface", self.if_a, "--kind", kind,
-                "--dst-mac", self.mac(self.ns_b, self.if_b),
-                "--count", str(count), "--start", str(start), "--size", str(size)]  # fmt: skip
-        out = self.exec(self.ns_a, argv)
+        out = _run(self.frames_argv(kind, count, start=start, size=size, rate=rate))
         return int(out.strip())
 
     def udp_receiver(self, ns: str, port: int, count: int, timeout_s: float = 20.0) -> subprocess.Popen[str]:
