@@ -1,7 +1,8 @@
 """The running server: two gRPC endpoints over one registry, and the background work behind them.
 
 - enrolment, server-only TLS (a joining probe has no certificate yet): ``enrol_listen``
-- probe control, mutual TLS: ``grpc_listen``
+- probe control and uploads, mutual TLS: ``grpc_listen``
+- the ingest outbox drainer: stored files into the Redis queue
 
 Both serve the standard health and reflection services.
 """
@@ -20,12 +21,22 @@ from grpc_reflection.v1alpha import reflection
 from survey6.server.errors import NotInitialisedError
 from survey6.server.fleet import Fleet
 from survey6.server.pki import CertificateAuthority
+from survey6.server.queue import Drainer, IngestQueue
 from survey6.server.registry import db
 from survey6.server.rpc.services import EnrolmentService, ProbeControlService
+from survey6.server.rpc.upload_service import UploadService
 from survey6.server.settings import ServerSettings
 from survey6.server.setup import database_url, pki_dir
 from survey6.server.tokens import delete_stale_tokens
-from survey6.wire.v1 import control_pb2, control_pb2_grpc, enrolment_pb2, enrolment_pb2_grpc
+from survey6.server.uploads import Layout, UploadStore
+from survey6.wire.v1 import (
+    control_pb2,
+    control_pb2_grpc,
+    enrolment_pb2,
+    enrolment_pb2_grpc,
+    upload_pb2,
+    upload_pb2_grpc,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +45,8 @@ SWEEP_INTERVAL_S = 0.5
 REFRESH_INTERVAL_S = 1.0
 TOKEN_CLEANUP_INTERVAL_S = 3600.0
 STOP_GRACE_S = 5.0
+# Upload chunks carry at most 1 MiB of data; the rest is headroom for the header and framing.
+MAX_RECEIVE_MESSAGE_BYTES = 2 << 20  # 2 MiB
 
 
 class ServerApp:
@@ -47,6 +60,13 @@ class ServerApp:
         db.upgrade(self.engine)  # a newer version's migrations apply on start
         self.sessions = db.session_factory(self.engine)
         self.fleet = Fleet(self.sessions, settings.liveness)
+        self.layout = Layout.from_settings(settings.data_dir, settings.uploads)
+        self.layout.create()
+        self.ingest_queue = IngestQueue(settings.redis_url, job_timeout_s=settings.queue.job_timeout_s)
+        self.drainer = Drainer(
+            self.sessions, self.ingest_queue, self.layout.landing, settings.queue.drain_interval_s
+        )
+        self.uploads = UploadStore(self.sessions, self.layout, settings.uploads, on_stored=self.drainer.wake)
         self._server_key = (pki / "server.key").read_bytes()
         # The chain includes the CA: a joining probe pins it from the handshake.
         self._server_chain = (pki / "server.crt").read_bytes() + self.ca.cert_pem
@@ -58,14 +78,23 @@ class ServerApp:
 
     def start(self) -> None:
         self.fleet.load()
+        self.uploads.recover()  # before serving: rows a crash left half-landed
         liveness = self.settings.liveness
-        control = grpc.server(futures.ThreadPoolExecutor(max_workers=RPC_WORKERS))
+        control = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=RPC_WORKERS),
+            options=[("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES)],
+        )
         control_pb2_grpc.add_ProbeControlServicer_to_server(
             ProbeControlService(self.fleet, heartbeat_interval_s=liveness.heartbeat_interval_s), control
         )
+        upload_pb2_grpc.add_UploadServicer_to_server(UploadService(self.fleet, self.uploads), control)
         self.control_port = self._listen(control, self.settings.grpc_listen, mutual=True)
         self._add_standard_services(
-            control, [control_pb2.DESCRIPTOR.services_by_name["ProbeControl"].full_name]
+            control,
+            [
+                control_pb2.DESCRIPTOR.services_by_name["ProbeControl"].full_name,
+                upload_pb2.DESCRIPTOR.services_by_name["Upload"].full_name,
+            ],
         )
 
         enrol = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
@@ -89,6 +118,9 @@ class ServerApp:
         self._background(self.fleet.sweep, "liveness", SWEEP_INTERVAL_S)
         self._background(self.fleet.refresh, "refresh", REFRESH_INTERVAL_S)
         self._background(self._cleanup_tokens, "tokens", TOKEN_CLEANUP_INTERVAL_S)
+        drainer = threading.Thread(target=self.drainer.run, name="ingest-outbox", daemon=True)
+        drainer.start()
+        self._threads.append(drainer)
         log.info(
             "server listening",
             extra={
@@ -146,11 +178,13 @@ class ServerApp:
 
     def stop(self) -> None:
         self._stop.set()
+        self.drainer.stop()
         for server in self._servers:
             server.stop(STOP_GRACE_S).wait()
         for thread in self._threads:
             thread.join(timeout=STOP_GRACE_S)
         self.fleet.flush()  # heartbeats received since the last round are not lost
+        self.ingest_queue.close()
         self.engine.dispose()
 
 

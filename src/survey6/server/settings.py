@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from survey6.common.settings import LoggingSettings, Seconds, StrictModel
+from survey6.common.settings import ByteCount, LoggingSettings, Seconds, StrictModel
 
 
 class LivenessSettings(StrictModel):
@@ -17,6 +17,25 @@ class LivenessSettings(StrictModel):
     offline_after_s: Seconds = Field(default=60.0, gt=0)
     # Heartbeats are kept in memory and written to the registry in batches this often.
     write_behind_interval_s: Seconds = Field(default=2.0, gt=0)
+
+
+class UploadSettings(StrictModel):
+    # Where verified files land (<probe_id>/<yyyy>/<mm>/<dd>/<seq>.pcap); empty: data_dir/landing.
+    landing_dir: Path | None = None
+    # Partial uploads; empty: data_dir/receiving. Must be on the landing zone's filesystem (the
+    # final move is a rename).
+    receiving_dir: Path | None = None
+    # Largest file accepted, in bytes.
+    max_file_bytes: ByteCount = Field(default=4 << 30, gt=0)  # 4 GiB
+    # Landed bytes a probe may hold; 0: unlimited.
+    probe_quota_bytes: ByteCount = Field(default=0, ge=0)
+
+
+class QueueSettings(StrictModel):
+    # How often stored files waiting in the outbox are enqueued (also right after each landing).
+    drain_interval_s: Seconds = Field(default=2.0, gt=0)
+    # RQ timeout of one ingest job.
+    job_timeout_s: Seconds = Field(default=3600.0, gt=0)
 
 
 class ServerSettings(StrictModel):
@@ -31,4 +50,6 @@ class ServerSettings(StrictModel):
     # SQLAlchemy URL of the registry; empty means SQLite in data_dir.
     database_url: str = ""
     liveness: LivenessSettings = Field(default_factory=LivenessSettings)
+    uploads: UploadSettings = Field(default_factory=UploadSettings)
+    queue: QueueSettings = Field(default_factory=QueueSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)

@@ -5,7 +5,18 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -124,3 +135,35 @@ class WebUser(Base):
     # admin | viewer
     role: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class CapturedFile(Base):
+    """The catalog: one row per capture file a probe uploaded, and the outbox of the ingest queue.
+
+    States: received (verified, being moved into the landing zone) -> stored (durable; waiting
+    for the queue) -> queued (an ingest job is in Redis) -> ingested | failed.
+    """
+
+    __tablename__ = "captured_files"
+    __table_args__ = (
+        UniqueConstraint("probe_id", "sequence", name="uq_captured_files_probe_sequence"),
+        Index("ix_captured_files_state", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    probe_id: Mapped[str] = mapped_column(ForeignKey("probes.id"))
+    sequence: Mapped[int] = mapped_column(BigInteger)
+    sha256_hex: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    packets: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Relative to the landing root: <probe_id>/<yyyy>/<mm>/<dd>/<sequence:012d>.pcap
+    landing_path: Mapped[str] = mapped_column(String(255))
+    # Unix epoch nanoseconds, as in the capture metadata; 0 when the file has no packet.
+    first_packet_time_ns: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_packet_time_ns: Mapped[int] = mapped_column(BigInteger, default=0)
+    # received | stored | queued | ingested | failed
+    state: Mapped[str] = mapped_column(String(16), default="received")
+    state_detail: Mapped[str] = mapped_column(Text, default="")
+    received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    stored_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    queued_at: Mapped[dt.datetime | None] = mapped_column(default=None)

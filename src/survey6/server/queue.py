@@ -1,0 +1,176 @@
+"""The ingest queue: every stored capture file becomes one RQ job for the aggregator.
+
+The catalog is the outbox. A landed file is recorded as ``stored``; the :class:`Drainer` enqueues
+every stored row and marks it ``queued``. While Redis is away rows stay ``stored`` and are all
+enqueued when it returns, so nothing is lost. Jobs are enqueued by the dotted name of the
+aggregator's function (the server never imports the aggregator) under a deterministic job id, so
+enqueueing the same file again is a no-op. The contract is in ``docs/ingest-queue.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+from rq import Queue
+from rq.job import Job
+from sqlalchemy.orm import Session, sessionmaker
+
+from survey6.common.errors import ConfigError
+from survey6.server import catalog
+from survey6.server.errors import QueueUnavailable
+
+log = logging.getLogger(__name__)
+
+QUEUE_NAME = "survey6-ingest"
+INGEST_FUNCTION = "survey6.aggregator.jobs.ingest_capture"
+REDIS_CONNECT_TIMEOUT_S = 2.0
+REDIS_SOCKET_TIMEOUT_S = 5.0
+DRAIN_BATCH_ROWS = 100
+DEFAULT_JOB_TIMEOUT_S = 3600.0
+
+
+def job_id_for(probe_id: str, sequence: int) -> str:
+    """The RQ job id of a file's ingest job: the same file always gets the same id."""
+    return f"ingest-{probe_id}-{sequence}"
+
+
+@dataclass(frozen=True)
+class IngestJob:
+    """The keyword arguments of ``survey6.aggregator.jobs.ingest_capture``."""
+
+    probe_id: str
+    sequence: int
+    sha256_hex: str
+    # Relative to landing_root, POSIX separators: <probe_id>/<yyyy>/<mm>/<dd>/<sequence:012d>.pcap
+    landing_path: str
+    landing_root: str
+
+    @property
+    def job_id(self) -> str:
+        return job_id_for(self.probe_id, self.sequence)
+
+    def kwargs(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class IngestQueue:
+    """The RQ queue ``survey6-ingest`` on the configured Redis."""
+
+    def __init__(self, redis_url: str, *, job_timeout_s: float = DEFAULT_JOB_TIMEOUT_S) -> None:
+        try:
+            self.connection = redis.Redis.from_url(
+                redis_url,
+                socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+                socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"redis_url is not a Redis URL: {exc}") from exc
+        self.queue = Queue(QUEUE_NAME, connection=self.connection)
+        self.job_timeout_s = job_timeout_s
+
+    def enqueue(self, job: IngestJob) -> bool:
+        """Enqueues the job unless one with its id exists; True when it was enqueued now.
+
+        Only the drainer enqueues, one job at a time, so checking and enqueueing cannot race
+        within the server.
+
+        Raises:
+            QueueUnavailable: Redis cannot be reached or answered with an error.
+        """
+        try:
+            if Job.exists(job.job_id, connection=self.connection):
+                return False
+            self.queue.enqueue_call(
+                INGEST_FUNCTION,
+                kwargs=job.kwargs(),
+                job_id=job.job_id,
+                timeout=int(self.job_timeout_s),
+                description=f"ingest {job.probe_id} #{job.sequence}",
+            )
+        except redis.RedisError as exc:
+            raise QueueUnavailable(f"the ingest queue's Redis cannot be reached: {exc}") from exc
+        return True
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+class Drainer:
+    """Moves stored files from the catalog's outbox into the queue; one per server."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        queue: IngestQueue,
+        landing_root: Path,
+        interval_s: float = 2.0,
+    ) -> None:
+        self.sessions = sessions
+        self.queue = queue
+        self.landing_root = landing_root
+        self.interval_s = interval_s
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._outage = False
+
+    def wake(self) -> None:
+        """Asks for a drain now (after a file landed) instead of at the next interval."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def run(self) -> None:
+        """Drains at once, then after every wake-up or interval, until stopped."""
+        while not self._stop.is_set():
+            try:
+                self.drain()
+            except Exception:  # a failed round is logged and retried next round; never fatal
+                log.exception("draining the ingest outbox failed")
+            self._wake.wait(self.interval_s)
+            self._wake.clear()
+
+    def drain(self) -> int:
+        """Enqueues every stored file and marks it queued; returns how many were marked.
+
+        While Redis is unreachable this returns early, leaving the rest stored, and warns once
+        per outage.
+        """
+        marked = 0
+        with self._lock:
+            while True:
+                with self.sessions() as session:
+                    rows = [
+                        (r.id, IngestJob(r.probe_id, r.sequence, r.sha256_hex, r.landing_path, ""))
+                        for r in catalog.outbox(session, DRAIN_BATCH_ROWS)
+                    ]
+                for row_id, partial in rows:
+                    job = dataclasses.replace(partial, landing_root=str(self.landing_root))
+                    try:
+                        self.queue.enqueue(job)
+                    except QueueUnavailable as exc:
+                        self._outage_began(exc)
+                        return marked
+                    with self.sessions.begin() as session:
+                        catalog.mark_queued(session, row_id)
+                    marked += 1
+                if len(rows) < DRAIN_BATCH_ROWS:
+                    break
+            if self._outage:
+                self._outage = False
+                log.info("the ingest queue is reachable again", extra={"enqueued": marked})
+        return marked
+
+    def _outage_began(self, exc: QueueUnavailable) -> None:
+        if self._outage:
+            return
+        self._outage = True
+        log.warning("%s; stored files wait in the outbox until it returns", exc)
