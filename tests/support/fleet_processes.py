@@ -144,7 +144,8 @@ class ProbeAgent:
         self, server: ServerProcess, token: str, ca_hash: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         pin = ca_hash or server.ca_hash
-        return run([PROBE, "join", server.enrol_address, "--token", token, "--ca-cert-hash", pin,
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
+        return run([*prefix, PROBE, "join", server.enrol_address, "--token", token, "--ca-cert-hash", pin,
                     "--state-dir", str(self.state_dir), "--label", "site=test"])  # fmt: skip
 
     @property

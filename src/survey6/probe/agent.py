@@ -31,7 +31,7 @@ from survey6.probe.linkmonitor import LinkMonitor
 from survey6.probe.settings import ProbeSettings
 from survey6.probe.spool import Spool
 from survey6.probe.uploader import Uploader
-from survey6.wire.v1 import control_pb2, control_pb2_grpc
+from survey6.wire.v1 import control_pb2, control_pb2_grpc, upload_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -110,15 +110,51 @@ class Agent:
             if not self.state.suspended:
                 self._start_capture()
             systemd.ready(f"probe {self.identity.probe_id} running")
+            options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
             with grpc.secure_channel(
-                self.identity.control_target, self.credentials.channel_credentials()
+                self.identity.control_target, self.credentials.channel_credentials(), options=options
             ) as channel:
                 self._stub = control_pb2_grpc.ProbeControlStub(channel)
+                self._start_uploader(upload_pb2_grpc.UploadStub(channel))
                 self._heartbeat_loop(self._stub)
         finally:
             systemd.stopping()
+            self._stop_uploader()
             self._stop_capture()
             self.spool.close()
+
+    # -- delivery -------------------------------------------------------------------------------
+
+    def _start_uploader(self, stub: upload_pb2_grpc.UploadStub) -> None:
+        assert self.spool is not None
+        delivery = self.settings.delivery
+        interface = delivery.interface or (self.settings.capture.interfaces or [""])[0]
+        self.monitor = LinkMonitor(
+            interface,
+            capacity_bps=delivery.link_capacity_bps,
+            idle_threshold_ratio=delivery.idle_threshold_ratio,
+            idle_hold_s=delivery.idle_hold_s,
+            smoothing_s=delivery.smoothing_s,
+            profile_path=self.settings.state_dir / "link-profile.json",
+        )
+        self.uploader = Uploader(self.spool, stub, self.monitor, delivery, self.identity.probe_id)
+        self._uploader_thread = threading.Thread(target=self._run_uploader, name="uploader", daemon=True)
+        self._uploader_thread.start()
+
+    def _run_uploader(self) -> None:
+        assert self.uploader is not None
+        try:
+            self.uploader.run()
+        except Exception:  # delivery must never take capture down with it
+            log.exception("the uploader stopped; files stay in the spool")
+
+    def _stop_uploader(self) -> None:
+        if self.uploader is not None:
+            self.uploader.stop.set()
+        if self._uploader_thread is not None:
+            self._uploader_thread.join(timeout=30)
+        if self.monitor is not None:
+            self.monitor.save_profile()
 
     def request_stop(self) -> None:
         self.stop_event.set()

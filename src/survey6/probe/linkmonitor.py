@@ -4,8 +4,9 @@ Every second the monitor reads ``/sys/class/net/IF/statistics`` (rx + tx bytes),
 bytes the uploader reports having sent (plus protocol overhead, so an upload does not make the link
 look busy and stop itself), and smooths the rest into a utilisation ratio of the link's capacity.
 The link is idle once that ratio has stayed under the threshold for the hold time. It also learns a
-profile of utilisation by hour of the week (168 slots, slowly smoothed, kept across restarts) so the
-uploader can prefer the hours it expects to be quiet.
+profile of utilisation by hour of the week (168 slots; each finished hour's mean is folded into its
+slot, kept across restarts) so the uploader can prefer the hours that were quiet in past weeks. The
+hour in progress does not predict itself.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from survey6.probe import hostinfo
 log = logging.getLogger(__name__)
 
 HOURS_PER_WEEK = 168
-PROFILE_SMOOTHING = 0.05  # weight of one sample in its hour slot: a slot learns over many samples
+# Weight of a finished hour's mean in its slot: a slot follows its hour over the last few weeks.
+PROFILE_SMOOTHING = 0.3
 UPLOAD_OVERHEAD_RATIO = 1.08  # TLS, HTTP/2, TCP and IP headers on top of what the uploader sends
 PROFILE_SAVE_INTERVAL_S = 300.0
 
@@ -56,6 +58,7 @@ class LinkMonitor:
         self._last: tuple[float, int] | None = None
         self._own_bytes = 0
         self.profile: list[float | None] = self._load_profile()
+        self._hour: tuple[int, float, int] | None = None  # slot, sum and count of the hour in progress
         self._profile_saved_at = clock()
         if not self.capacity_bps:
             log.warning(
@@ -124,10 +127,20 @@ class LinkMonitor:
 
     def _learn(self, utilisation: float) -> None:
         slot = self.hour_of_week()
-        old = self.profile[slot]
-        self.profile[slot] = utilisation if old is None else old + PROFILE_SMOOTHING * (utilisation - old)
+        if self._hour is not None and self._hour[0] != slot:
+            self._fold_hour()
+        _, total, count = self._hour if self._hour is not None else (slot, 0.0, 0)
+        self._hour = (slot, total + utilisation, count + 1)
         if self.clock() - self._profile_saved_at >= PROFILE_SAVE_INTERVAL_S:
             self.save_profile()
+
+    def _fold_hour(self) -> None:
+        assert self._hour is not None
+        slot, total, count = self._hour
+        mean = total / count
+        old = self.profile[slot]
+        self.profile[slot] = mean if old is None else old + PROFILE_SMOOTHING * (mean - old)
+        self._hour = None
 
     def _load_profile(self) -> list[float | None]:
         if self.profile_path is not None and self.profile_path.exists():

@@ -87,6 +87,7 @@ class Uploader:
         self._failed_at: dict[int, float] = {}
         self._sampled_at = 0.0
         self._paused_until = 0.0
+        self._last_decision: tuple[str | None, int] = (None, 0)
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -95,6 +96,16 @@ class Uploader:
             self._sample()
             ready = self._candidates()
             reason = self.reason_to_upload(ready)
+            if (reason, len(ready)) != self._last_decision:
+                self._last_decision = (reason, len(ready))
+                log.debug(
+                    "upload decision",
+                    extra={
+                        "reason": reason,
+                        "ready_files": len(ready),
+                        "utilisation": self.monitor.utilisation,
+                    },
+                )
             if reason is None or time.monotonic() < self._paused_until:
                 self.stop.wait(SAMPLE_INTERVAL_S)
                 continue

@@ -16,11 +16,13 @@ class Link:
 
     def __init__(self) -> None:
         self.now = 1000.0
+        self.wall = 1_700_000_000.0  # a Tuesday, 22:13 UTC
         self.total = 0
 
     def run(self, monitor: LinkMonitor, seconds: int, bytes_per_s: int) -> None:
         for _ in range(seconds):
             self.now += 1
+            self.wall += 1
             self.total += bytes_per_s
             monitor.sample()
 
@@ -34,7 +36,7 @@ def monitor_for(link: Link, tmp_path: Path | None = None, hold_s: float = 3.0) -
         smoothing_s=1.0,
         profile_path=tmp_path / "profile.json" if tmp_path else None,
         clock=lambda: link.now,
-        wall_clock=lambda: 1_700_000_000.0,  # a Tuesday, 22:13 UTC
+        wall_clock=lambda: link.wall,
         read_bytes=lambda _name: (link.total, 0),
     )
 
@@ -62,11 +64,18 @@ def test_own_uploads_do_not_make_the_link_busy() -> None:
     assert monitor.headroom_bps() > 0.95 * CAPACITY_BPS
 
 
-def test_profile_learns_the_hour_and_survives_a_restart(tmp_path: Path) -> None:
+def test_profile_learns_busy_hours_for_next_week_and_survives_a_restart(tmp_path: Path) -> None:
     link = Link()
     monitor = monitor_for(link, tmp_path)
     assert monitor.quiet_hour_now()  # nothing known yet
     link.run(monitor, 60, 100_000)
+    assert monitor.quiet_hour_now()  # the hour in progress does not predict itself
+    busy_hour = monitor.hour_of_week()
+    link.wall += 3600  # the next hour begins: the busy one is folded into its slot
+    link.run(monitor, 1, 0)
+    assert (monitor.profile[busy_hour] or 0) > 0.5
+    link.wall += 7 * 24 * 3600 - 3600 - 1  # the same hour, a week later
+    assert monitor.hour_of_week() == busy_hour
     assert not monitor.quiet_hour_now()
     monitor.save_profile()
     again = monitor_for(link, tmp_path)
