@@ -32,11 +32,13 @@ OFFSET_DEADLINE_S = 30.0
 PUT_IDLE_DEADLINE_S = 600.0  # the whole Put; a paused upload ends its stream long before
 RETRY_AFTER_FAILURE_S = 30.0  # a file the server refused is tried again after this
 UNAVAILABLE_PAUSE_S = 5.0  # the server is away: capture goes on, uploads wait this long between tries
+MIN_HEADROOM_RATIO = 0.05  # the rate floor of an override on a saturated link, as a share of capacity
 DURABLE = (upload_pb2.DURABILITY_DURABLE, upload_pb2.DURABILITY_ALREADY_DURABLE)
 
 
 class TokenBucket:
-    """Bytes per second with a burst of one second; `take` sleeps (interruptibly) for tokens."""
+    """Bytes per second with a burst of one second; `take` sleeps (interruptibly) for tokens.
+    A rate of 0 means no limit (the link's capacity is unknown)."""
 
     def __init__(self, rate_bytes_per_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = rate_bytes_per_s
@@ -163,6 +165,8 @@ class Uploader:
             )
             if offset.HasField("receipt"):
                 return self._finish(ready, metadata, offset.receipt, sent=0)
+            if offset.offset_bytes:
+                log.info("resuming the upload of %d at offset %d", ready.sequence, offset.offset_bytes)
             chunks = self._chunks(ready, metadata, offset.offset_bytes, override)
             receipt = self.stub.Put(chunks, timeout=PUT_IDLE_DEADLINE_S)
             return self._finish(ready, metadata, receipt, sent=metadata.file_size_bytes - offset.offset_bytes)
@@ -197,7 +201,16 @@ class Uploader:
                 yield upload_pb2.UploadChunk(data=data, data_crc32=zlib.crc32(data))
 
     def _rate_bytes_per_s(self) -> float:
-        return self.settings.upload_share_ratio * self.monitor.headroom_bps() / 8
+        """The configured share of the headroom; 0 (no limit) only when the capacity is unknown.
+
+        An override (upload-now, backlog, deferral) on a busy link still gets a small floor, so
+        that it moves at all without taking the link.
+        """
+        capacity = self.monitor.capacity_bps
+        if not capacity:
+            return 0.0
+        headroom = max(self.monitor.headroom_bps(), capacity * MIN_HEADROOM_RATIO)
+        return self.settings.upload_share_ratio * headroom / 8
 
     def _finish(
         self,
