@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import queue
 import struct
 import threading
 import time
@@ -43,7 +44,8 @@ HASH_BLOCK_BYTES = 1 << 20  # 1 MiB
 # At most this many packets per libpcap call, so that Python sees the file grow and rotates by size.
 MAX_BATCH_PACKETS = 4096
 TYPICAL_RECORD_BYTES = 1516  # an Ethernet MTU packet and its record header, before a file has packets
-DISCARD_RESET_BYTES = 8 << 20  # the in-memory sink for a full spool is emptied past 8 MiB
+DISCARD_RESET_BYTES = 8 << 20
+SEAL_QUEUE_FILES = 4  # the in-memory sink for a full spool is emptied past 8 MiB
 PART_FILE_MODE = 0o640
 
 
@@ -104,10 +106,12 @@ class _OpenFile:
     dumper: Dumper
     window_start_ns: int
     window_end_ns: int
-    kernel_before: KernelStats | None
     link_bytes_before: int
     packets: int = 0
     last_batch_offset: int = GLOBAL_HEADER_BYTES
+    # Filled when the capture thread hands the file over for sealing.
+    kernel_delta: KernelStats = field(default_factory=lambda: KernelStats(0, 0, 0))
+    end_ns: int = 0
 
 
 class Capture:
@@ -138,6 +142,13 @@ class Capture:
         self._host.interfaces.append(self._interface)
         self.sealed: list[ReadyFile] = []
         self._open_sequence: int | None = None
+        # Sealing (fsync, SHA-256, sidecar) runs in its own thread so that the capture thread goes
+        # straight back to draining the kernel ring; at most this many files wait for it.
+        self._to_seal: queue.Queue[_OpenFile | None] = queue.Queue(maxsize=SEAL_QUEUE_FILES)
+        self._waiting_seal: list[int] = []
+        self._seal_error: BaseException | None = None
+        # Kernel counters where the last file ended: the next file's window starts exactly there.
+        self._kernel_mark: KernelStats | None = None
         self._paused_lost = 0
         # Reading a file, one libpcap call would otherwise consume it whole, leaving no chance to rotate.
         self._batch = offline_batch_packets if handle.is_offline else MAX_BATCH_PACKETS
@@ -152,8 +163,9 @@ class Capture:
             self._alarm_changed.notify_all()
 
     def unsealed_sequences(self) -> list[int]:
-        """The sequence of the file being written, if any (for an ingest that must be undone)."""
-        return [] if self._open_sequence is None else [self._open_sequence]
+        """Files begun but not sealed (for an ingest that must be undone)."""
+        open_now = [] if self._open_sequence is None else [self._open_sequence]
+        return [*self._waiting_seal, *open_now]
 
     def _set_alarm(self, at_ns: int | None) -> None:
         with self._alarm_changed:
@@ -184,9 +196,14 @@ class Capture:
         """
         self.status.state = "capturing"
         if not self.handle.is_offline:
+            self._kernel_mark = self.handle.stats()
             threading.Thread(
                 target=self._alarm_loop, name=f"alarm-{self.options.interface}", daemon=True
             ).start()
+        sealer = threading.Thread(
+            target=self._seal_loop, name=f"sealer-{self.options.interface}", daemon=True
+        )
+        sealer.start()
         try:
             while not self._stop.is_set():
                 if not self.spool.make_room():
@@ -202,7 +219,13 @@ class Capture:
         finally:
             self._stop.set()
             self._set_alarm(None)  # wakes the alarm thread, which sees the stop and ends
+            self._to_seal.put(None)
+            sealer.join()
             self._flush_paused_losses()
+        if self._seal_error is not None:
+            self.status.state = "failed"
+            self.status.error = str(self._seal_error)
+            raise self._seal_error
 
     def _capture_one_file(self) -> bool:
         """Writes one file until rotation, stop or end of input; returns True at end of input."""
@@ -239,7 +262,7 @@ class Capture:
         except BaseException:
             self._close_file(current)
             raise
-        self._seal(current)
+        self._hand_off(current)
         return end_of_input
 
     def _batch_for(self, current: _OpenFile, offset: int) -> int:
@@ -290,7 +313,6 @@ class Capture:
             dumper=dumper,
             window_start_ns=now,
             window_end_ns=window_end,
-            kernel_before=None if self.handle.is_offline else self.handle.stats(),
             link_bytes_before=sum(hostinfo.interface_counters(self.options.interface)),
         )
 
@@ -303,21 +325,48 @@ class Capture:
             current.dumper.close()
             os.close(current.fd)
 
-    def _seal(self, current: _OpenFile) -> None:
-        self._close_file(current)
-        kernel_delta = KernelStats(0, 0, 0)
-        if current.kernel_before is not None:
+    def _hand_off(self, current: _OpenFile) -> None:
+        """Ends the file on the capture thread (flush, counters) and queues it for sealing."""
+        try:
+            current.dumper.flush()
+        finally:
+            current.dumper.close()  # the sealer keeps current.fd, for fsync
+        if self._kernel_mark is not None:
             now_stats = self.handle.stats()
-            kernel_delta = now_stats.since(current.kernel_before)
+            current.kernel_delta = now_stats.since(self._kernel_mark)
+            self._kernel_mark = now_stats
+            kernel = self.status.kernel
             self.status.kernel = KernelStats(
-                self.status.kernel.received + kernel_delta.received,
-                self.status.kernel.dropped + kernel_delta.dropped,
-                self.status.kernel.interface_dropped + kernel_delta.interface_dropped,
+                kernel.received + current.kernel_delta.received,
+                kernel.dropped + current.kernel_delta.dropped,
+                kernel.interface_dropped + current.kernel_delta.interface_dropped,
             )
-        end_ns = self.clock_ns()
-        metadata = self._metadata(current, kernel_delta, end_ns)
-        ready = self.spool.seal(current.sequence, metadata)
+        current.end_ns = self.clock_ns()
+        self._waiting_seal.append(current.sequence)
         self._open_sequence = None
+        self._to_seal.put(current)
+
+    def _seal_loop(self) -> None:
+        while (current := self._to_seal.get()) is not None:
+            try:
+                if self._seal_error is None:
+                    self._seal(current)
+                else:
+                    os.close(current.fd)  # left in open/ for the next start's repair
+            except BaseException as exc:  # reported by run(); the file stays in open/ for repair
+                log.exception("sealing %s failed", current.path.name)
+                self._seal_error = exc
+                self.request_stop()
+            finally:
+                self._waiting_seal.remove(current.sequence)
+
+    def _seal(self, current: _OpenFile) -> None:
+        try:
+            os.fsync(current.fd)
+        finally:
+            os.close(current.fd)
+        metadata = self._metadata(current, current.kernel_delta, current.end_ns)
+        ready = self.spool.seal(current.sequence, metadata)
         self.sealed.append(ready)
         self.status.files_sealed += 1
         self.status.last_sealed_sequence = current.sequence
@@ -327,7 +376,7 @@ class Capture:
                 "sequence": current.sequence,
                 "interface": self.options.interface,
                 "packets": metadata.packets,
-                "kernel_dropped": kernel_delta.dropped,
+                "kernel_dropped": current.kernel_delta.dropped,
                 "file_size_bytes": metadata.file_size_bytes,
             },
         )
