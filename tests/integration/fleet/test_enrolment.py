@@ -104,3 +104,20 @@ def test_no_valid_certificate_gets_nothing(server: ServerProcess, tmp_path: Path
         certificate_chain=(identity / "probe.crt").read_bytes(),
     )
     assert heartbeat(own) == grpc.StatusCode.OK
+
+
+def test_standard_health_and_reflection_services(server: ServerProcess, tmp_path: Path) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    ca_pem = (server.data_dir / "pki" / "ca.crt").read_bytes()
+    with grpc.secure_channel(
+        f"localhost:{server.enrol_port}", grpc.ssl_channel_credentials(ca_pem)
+    ) as channel:
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        replies = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
+        )
+        names = {s.name for reply in replies for s in reply.list_services_response.service}
+    assert {"survey6.v1.Enrolment", "grpc.health.v1.Health"} <= names
