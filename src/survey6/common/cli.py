@@ -25,7 +25,8 @@ EXIT_USAGE = 2
 def run_group(group: click.Group, prog_name: str, argv: list[str] | None = None) -> int:
     """Runs a click group; a survey6 error becomes ``prog: error: reason`` and exit status 1."""
     try:
-        group.main(args=argv, prog_name=prog_name, standalone_mode=False)
+        # Without standalone mode click returns ctx.exit()'s status instead of exiting.
+        status = group.main(args=argv, prog_name=prog_name, standalone_mode=False)
     except click.exceptions.Abort:
         click.echo(f"{prog_name}: interrupted", err=True)
         return 130
@@ -37,7 +38,7 @@ def run_group(group: click.Group, prog_name: str, argv: list[str] | None = None)
         return EXIT_ERROR
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 def config_option() -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -40,12 +40,13 @@ log = logging.getLogger(__name__)
 NS_PER_S = 1_000_000_000
 SPACE_CHECK_INTERVAL_NS = 500_000_000  # how often a growing file is checked against the spool limits
 FULL_RETRY_INTERVAL_NS = 1_000_000_000  # how often a paused capture looks for room again
+SEALER_WAIT_S = 1.0  # longest single wait for the sealer to finish a file (checked again after)
 HASH_BLOCK_BYTES = 1 << 20  # 1 MiB
 # At most this many packets per libpcap call, so that Python sees the file grow and rotates by size.
 MAX_BATCH_PACKETS = 4096
 TYPICAL_RECORD_BYTES = 1516  # an Ethernet MTU packet and its record header, before a file has packets
-DISCARD_RESET_BYTES = 8 << 20
-SEAL_QUEUE_FILES = 4  # the in-memory sink for a full spool is emptied past 8 MiB
+DISCARD_RESET_BYTES = 8 << 20  # the in-memory sink for a full spool is emptied past 8 MiB
+SEAL_QUEUE_FILES = 4  # files handed off and waiting for the sealer; one more makes the capture thread wait
 PART_FILE_MODE = 0o640
 
 
@@ -98,6 +99,14 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class _LinkMark:
+    """The interface's rx + tx byte counters and the clock, read together on the capture thread."""
+
+    link_bytes: int
+    at_ns: int
+
+
 @dataclass
 class _OpenFile:
     sequence: int
@@ -106,12 +115,22 @@ class _OpenFile:
     dumper: Dumper
     window_start_ns: int
     window_end_ns: int
-    link_bytes_before: int
+    link_start: _LinkMark  # where its link count starts: the previous hand-off, or its own start
     packets: int = 0
     last_batch_offset: int = GLOBAL_HEADER_BYTES
-    # Filled when the capture thread hands the file over for sealing.
+    # Filled when the capture thread hands the file over for sealing, so that they end where the
+    # file ends: the sealer may run seconds later, and what the link carries by then is the next
+    # file's.
     kernel_delta: KernelStats = field(default_factory=lambda: KernelStats(0, 0, 0))
+    link_bytes: int = 0  # interface rx + tx bytes from link_start to end_ns
     end_ns: int = 0
+
+
+class _SyncReservations:
+    """Asks the sealer to make the spool's new reservations durable (see ``Spool.sync_open``)."""
+
+
+_SYNC_RESERVATIONS = _SyncReservations()
 
 
 class Capture:
@@ -143,12 +162,21 @@ class Capture:
         self.sealed: list[ReadyFile] = []
         self._open_sequence: int | None = None
         # Sealing (fsync, SHA-256, sidecar) runs in its own thread so that the capture thread goes
-        # straight back to draining the kernel ring; at most this many files wait for it.
-        self._to_seal: queue.Queue[_OpenFile | None] = queue.Queue(maxsize=SEAL_QUEUE_FILES)
+        # straight back to draining the kernel ring; so does the fsync of each new file's reservation.
+        # The queue itself is unbounded (a reservation request must never block the capture thread);
+        # the slots bound the files waiting in it.
+        self._to_seal: queue.Queue[_OpenFile | _SyncReservations | None] = queue.Queue()
+        self._seal_slots = threading.BoundedSemaphore(SEAL_QUEUE_FILES)
         self._waiting_seal: list[int] = []
+        self._seal_progress = threading.Condition()  # notified each time a file leaves _waiting_seal
         self._seal_error: BaseException | None = None
         # Kernel counters where the last file ended: the next file's window starts exactly there.
         self._kernel_mark: KernelStats | None = None
+        # The same for the link's byte counters: packets that arrive between a hand-off and the next
+        # file's start wait in the ring and land in that next file, so its link count starts there
+        # too. Files then tile time: no traffic is counted twice or left out. None at the start and
+        # after a pause (no file holds what arrived during one).
+        self._link_mark: _LinkMark | None = None
         self._paused_lost = 0
         # Reading a file, one libpcap call would otherwise consume it whole, leaving no chance to rotate.
         self._batch = offline_batch_packets if handle.is_offline else MAX_BATCH_PACKETS
@@ -161,6 +189,8 @@ class Capture:
         self.handle.breakloop()
         with self._alarm_changed:
             self._alarm_changed.notify_all()
+        with self._seal_progress:
+            self._seal_progress.notify_all()
 
     def unsealed_sequences(self) -> list[int]:
         """Files begun but not sealed (for an ingest that must be undone)."""
@@ -206,8 +236,9 @@ class Capture:
         sealer.start()
         try:
             while not self._stop.is_set():
-                if not self.spool.make_room():
-                    self._discard_while_full()
+                if not self._make_room():
+                    if not self._stop.is_set():  # a stop while waiting for the sealer is no full spool
+                        self._discard_while_full()
                     continue
                 if self._capture_one_file():
                     break  # end of an offline file
@@ -230,6 +261,7 @@ class Capture:
     def _capture_one_file(self) -> bool:
         """Writes one file until rotation, stop or end of input; returns True at end of input."""
         current = self._begin_file()
+        self._to_seal.put(_SYNC_RESERVATIONS)  # the reservation's fsync, off this thread
         end_of_input = False
         next_space_check = self.clock_ns() + SPACE_CHECK_INTERVAL_NS
         try:
@@ -265,6 +297,27 @@ class Capture:
         self._hand_off(current)
         return end_of_input
 
+    def _make_room(self) -> bool:
+        """Applies the spool's full policy before a new file. Files waiting for the sealer count
+        against the quota but cannot be dropped yet; under drop-oldest they can be once sealed, so
+        the capture waits for the sealer (the kernel ring holds the packets meanwhile) rather than
+        pausing and losing packets while the spool is full only of them."""
+        while True:
+            with self._seal_progress:
+                waiting = list(self._waiting_seal)
+            if self.spool.make_room():
+                return True
+            if self.spool.policy != "drop-oldest" or not waiting or self._stop.is_set():
+                return False
+            self._wait_for_sealer(waiting)
+
+    def _wait_for_sealer(self, waiting: list[int]) -> None:
+        """Returns once a file of `waiting` is sealed (or failed), on stop, or after SEALER_WAIT_S."""
+        with self._seal_progress:
+            self._seal_progress.wait_for(
+                lambda: self._waiting_seal != waiting or self._stop.is_set(), timeout=SEALER_WAIT_S
+            )
+
     def _batch_for(self, current: _OpenFile, offset: int) -> int:
         """Packets for the next libpcap call: as many as fit under the size limit, at the average
         record size so far, so that files end close to the limit instead of a whole block past it."""
@@ -277,6 +330,9 @@ class Capture:
 
     def _begin_file(self) -> _OpenFile:
         now = self.clock_ns()
+        if self._link_mark is None:
+            self._link_mark = _LinkMark(self._link_bytes(), now)
+        link_start = self._link_mark
         window_end = (
             now if self.handle.is_offline else next_window_end_ns(now, self.options.rotate_interval_s)
         )
@@ -313,8 +369,12 @@ class Capture:
             dumper=dumper,
             window_start_ns=now,
             window_end_ns=window_end,
-            link_bytes_before=sum(hostinfo.interface_counters(self.options.interface)),
+            link_start=link_start,
         )
+
+    def _link_bytes(self) -> int:
+        """The interface's rx + tx byte counters (two small sysfs reads); 0 when reading a file."""
+        return 0 if self.handle.is_offline else sum(hostinfo.interface_counters(self.options.interface))
 
     def _close_file(self, current: _OpenFile) -> None:
         """Flushes and fsyncs the file, then closes it; a write error is raised after closing."""
@@ -331,6 +391,10 @@ class Capture:
             current.dumper.flush()
         finally:
             current.dumper.close()  # the sealer keeps current.fd, for fsync
+        # Every counter of the file's window is read here, together, before it waits for the sealer.
+        current.end_ns = self.clock_ns()
+        self._link_mark = _LinkMark(self._link_bytes(), current.end_ns)
+        current.link_bytes = self._link_mark.link_bytes - current.link_start.link_bytes
         if self._kernel_mark is not None:
             now_stats = self.handle.stats()
             current.kernel_delta = now_stats.since(self._kernel_mark)
@@ -341,31 +405,40 @@ class Capture:
                 kernel.dropped + current.kernel_delta.dropped,
                 kernel.interface_dropped + current.kernel_delta.interface_dropped,
             )
-        current.end_ns = self.clock_ns()
+        self._seal_slots.acquire()  # waits while SEAL_QUEUE_FILES files wait for the sealer
         self._waiting_seal.append(current.sequence)
         self._open_sequence = None
         self._to_seal.put(current)
 
     def _seal_loop(self) -> None:
-        while (current := self._to_seal.get()) is not None:
+        while (item := self._to_seal.get()) is not None:
+            if isinstance(item, _OpenFile):
+                self._seal_slots.release()  # no longer waiting: being sealed
             try:
-                if self._seal_error is None:
-                    self._seal(current)
+                if isinstance(item, _SyncReservations):
+                    if self._seal_error is None:
+                        self.spool.sync_open()
+                elif self._seal_error is None:
+                    self._seal(item)
                 else:
-                    os.close(current.fd)  # left in open/ for the next start's repair
+                    os.close(item.fd)  # left in open/ for the next start's repair
             except BaseException as exc:  # reported by run(); the file stays in open/ for repair
-                log.exception("sealing %s failed", current.path.name)
+                what = item.path.name if isinstance(item, _OpenFile) else "new reservations"
+                log.exception("sealing %s failed", what)
                 self._seal_error = exc
                 self.request_stop()
             finally:
-                self._waiting_seal.remove(current.sequence)
+                if isinstance(item, _OpenFile):
+                    with self._seal_progress:
+                        self._waiting_seal.remove(item.sequence)
+                        self._seal_progress.notify_all()
 
     def _seal(self, current: _OpenFile) -> None:
         try:
             os.fsync(current.fd)
         finally:
             os.close(current.fd)
-        metadata = self._metadata(current, current.kernel_delta, current.end_ns)
+        metadata = self._metadata(current)
         ready = self.spool.seal(current.sequence, metadata)
         self.sealed.append(ready)
         self.status.files_sealed += 1
@@ -381,20 +454,16 @@ class Capture:
             },
         )
 
-    def _metadata(
-        self, current: _OpenFile, kernel_delta: KernelStats, end_ns: int
-    ) -> capture_pb2.CaptureMetadata:
+    def _metadata(self, current: _OpenFile) -> capture_pb2.CaptureMetadata:
+        """The sidecar of a handed-off file; every counter in it was read at hand-off."""
         size = current.path.stat().st_size
         packets, first_ns, last_ns = _count_and_times(current)
         if packets != current.packets:
             self.status.packets_written += packets - current.packets
-        window_start, window_end = current.window_start_ns, min(end_ns, current.window_end_ns)
+        window_start, window_end = current.window_start_ns, min(current.end_ns, current.window_end_ns)
         if self.handle.is_offline:  # a file read from disk covers the time of its packets
             window_start, window_end = first_ns, last_ns
-        elapsed_s = max(window_end - window_start, 1) / NS_PER_S
-        link_bytes = sum(hostinfo.interface_counters(self.options.interface)) - current.link_bytes_before
-        speed = self._interface.link_speed_mbps
-        utilisation = min(link_bytes * 8 / (speed * 1e6 * elapsed_s), 1.0) if speed else -1.0
+        kernel_delta = current.kernel_delta
         return capture_pb2.CaptureMetadata(
             probe_id=self.provenance.probe_id,
             host=self._host,
@@ -416,17 +485,27 @@ class Capture:
                 dropped_packets=kernel_delta.dropped,
                 interface_dropped_packets=kernel_delta.interface_dropped,
             ),
-            link_utilisation_mean_ratio=utilisation if not self.handle.is_offline else -1.0,
+            link_utilisation_mean_ratio=self._utilisation(current),
             link_utilisation_peak_ratio=-1.0,  # measured by the link monitor, not per file yet
             file_format="pcap",
             schema_version=SCHEMA_VERSION,
         )
+
+    def _utilisation(self, current: _OpenFile) -> float:
+        """Mean link utilisation from the previous file's hand-off (or this file's start) to this
+        file's hand-off: the time between the two counter reads, not the aligned window."""
+        speed_mbps = self._interface.link_speed_mbps
+        if self.handle.is_offline or not speed_mbps:
+            return -1.0
+        elapsed_s = max(current.end_ns - current.link_start.at_ns, 1) / NS_PER_S
+        return min(current.link_bytes * 8 / (speed_mbps * 1e6 * elapsed_s), 1.0)
 
     # -- spool full ----------------------------------------------------------------------------
 
     def _discard_while_full(self) -> None:
         """Keeps reading (so the kernel buffer does not overflow unseen) and counts every packet lost."""
         self.status.state = "spool-full"
+        self._link_mark = None  # what crosses the link during the pause is in no file
         log.warning("spool full: not writing, counting lost packets", extra={"policy": self.spool.policy})
         retry_at = self.clock_ns() + FULL_RETRY_INTERVAL_NS
         if not self.handle.is_offline:

@@ -4,7 +4,9 @@ Every packet that reached the disk is kept: a part file is cut back to its last 
 with metadata flagged ``repaired`` and shipped like any other. A part file whose header never made it
 to disk is rewritten as an empty capture, so that its sequence number is used and numbering stays
 gapless. The kernel counters of a crashed window are unknown (the process that held them is gone)
-and are reported as zero.
+and are reported as zero. A part info that a machine crash emptied or lost (it is fsynced just after
+its file begins, off the capture thread: see ``Spool.begin_file``) leaves the interface unknown; the
+file is sealed with what its own header says.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from survey6.common.files import fsync_file
 from survey6.probe import hostinfo
 from survey6.probe.capture import Provenance, file_sha256
-from survey6.probe.errors import PcapFileError
+from survey6.probe.errors import PcapFileError, SpoolError
 from survey6.probe.metadata import SCHEMA_VERSION
 from survey6.probe.pcap import CaptureHandle
 from survey6.probe.pcapfile import GLOBAL_HEADER_BYTES, TimestampPrecision, repair_truncated, scan_records
@@ -53,6 +56,12 @@ def _recover(spool: Spool, sequence: int, provenance: Provenance) -> ReadyFile:
         repair = repair_truncated(part)
         scan = scan_records(part)
         rewritten = True
+    # Spool.seal wants a durable file: after a process crash the part file's tail may still be only in
+    # the page cache, and a machine crash after sealing would then ship a file its SHA-256 no longer fits.
+    try:
+        fsync_file(part)
+    except OSError as exc:
+        raise SpoolError(f"cannot sync repaired capture file {part}: {exc.strerror}") from exc
     interface = hostinfo.interface_facts(str(info.get("interface", "unknown")), scan.header.linktype)
     host = hostinfo.host_facts([])
     host.interfaces.append(interface)

@@ -13,6 +13,10 @@ Layout of the spool directory::
 Sequence numbers are per probe and gapless: the next one is one more than the highest seen in
 ``state.json``, ``open/`` and ``ready/``. A file leaves ``ready/`` only through :meth:`Spool.delivered`
 (the server confirmed it durable) or through the drop-oldest policy, which records the loss.
+
+Durability order: a sequence's reservation in ``open/`` is made durable by :meth:`Spool.sync_open`,
+off the capture thread, and at the latest before any sequence is sealed into ``ready/``; so a crash
+can lose only reservations above every sealed sequence, and numbering stays gapless.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from survey6.common.files import fsync_directory, write_atomically
+from survey6.common.files import fsync_directory, fsync_file, write_atomically
 from survey6.probe import metadata as sidecar
 from survey6.probe.errors import SpoolError, SpoolLockedError
 from survey6.wire.v1 import capture_pb2
@@ -84,6 +88,8 @@ class Spool:
         self._losses_path = root / "losses.jsonl"
         self._lock = threading.RLock()
         self._lock_fd: int | None = None
+        # Reservations (part info and part file in open/) written by begin_file but not yet fsynced.
+        self._unsynced: set[int] = set()
         self.state = SpoolState()
 
     # -- opening -------------------------------------------------------------------------------
@@ -142,13 +148,58 @@ class Spool:
         """Reserves the next sequence and returns it with the path of its ``.part`` file.
 
         `open_info` is stored beside the part file so that a crash can be repaired without the
-        process that started it. The part file itself is created by the caller.
+        process that started it. The part file itself is created by the caller. Neither is made
+        durable here: call :meth:`sync_open` (from a thread that may wait) once the part file exists.
         """
+        # Why no fsync here. begin_file runs on the capture thread at every rotation, and an fsync
+        # waits for a journal commit, which (ext4, data=ordered) first writes out the earlier files'
+        # dirty data: tens of milliseconds under a flood, while nobody drains the kernel ring.
+        # What a machine crash right after begin_file loses (a process crash loses nothing either
+        # way: the page cache outlives the process):
+        # - fsync here, as before: the reservation survives; recovery seals the part file as
+        #   "repaired", empty or with whatever packets writeback had put on disk. A crash during the
+        #   fsync itself, while the packets waited in the ring, keeps nothing of the file.
+        # - fsync in sync_open, as now: the sealer runs it right after begin_file, or, if it is busy,
+        #   at the start of its next seal. Until then the reservation may be lost, and the sequence
+        #   is used again after the restart. That leaves no gap: seal() syncs every reservation before
+        #   a later sequence becomes durable (two interfaces share one spool, so N can still be open
+        #   when N+1 is sealed), and no sealed file, state.json or server has seen the lost sequence.
+        #   If the entries survive but the info's contents do not, recovery seals the part file with
+        #   what the file itself says (interface "unknown") and keeps its packets. Those packets are
+        #   no less safe than before: they sat in the ring then and sit in the page cache now.
+        # Numbering stays gapless and every packet that reached the disk is kept. Only the metadata
+        # of a file cut by a crash in its first moments can be poorer.
         with self._lock:
             sequence = self._highest_sequence() + 1
-            info_path = self._part_info_path(sequence)
-            write_atomically(info_path, json.dumps({**open_info, "sequence": sequence}).encode())
+            data = json.dumps({**open_info, "sequence": sequence}).encode()
+            _write_replacing(self._part_info_path(sequence), data)
+            self._unsynced.add(sequence)
             return sequence, self.part_path(sequence)
+
+    def sync_open(self) -> None:
+        """Makes the reservations of begun files durable: their part info and their ``open/`` entries.
+
+        Runs off the capture thread (the capture's sealer calls it after each begin); :meth:`seal`
+        calls it too, first, so that no later sequence is durable before an earlier reservation.
+
+        Raises:
+            SpoolError: the files or the directory cannot be synced.
+        """
+        with self._lock:
+            pending = sorted(self._unsynced)
+        if not pending:
+            return
+        try:
+            for sequence in pending:
+                try:
+                    fsync_file(self._part_info_path(sequence))
+                except FileNotFoundError:
+                    continue  # sealed or discarded meanwhile: nothing left to keep
+            fsync_directory(self.open_dir)
+        except OSError as exc:
+            raise SpoolError(f"cannot sync spool directory {self.open_dir}: {exc.strerror}") from exc
+        with self._lock:
+            self._unsynced.difference_update(pending)
 
     def part_path(self, sequence: int) -> Path:
         return self.open_dir / f"{sequence:0{SEQUENCE_DIGITS}d}{PART_SUFFIX}"
@@ -172,11 +223,15 @@ class Spool:
     def seal(self, sequence: int, metadata: capture_pb2.CaptureMetadata) -> ReadyFile:
         """Moves a finished, fsynced part file into ``ready/`` with its sidecar.
 
-        The sidecar is written first: a file in ``ready/`` without a sidecar never exists.
+        The sidecar is written first: a file in ``ready/`` without a sidecar never exists. Earlier
+        reservations are made durable before this sequence is (see :meth:`sync_open`).
         """
+        self.sync_open()
+        target = self.ready_dir / f"{sequence:0{SEQUENCE_DIGITS}d}{PCAP_SUFFIX}"
+        # Outside the lock, which the capture thread needs at every rotation: nothing lists a sidecar
+        # before its pcap is in ready/, and this name belongs to this sequence alone.
+        sidecar.write_sidecar(sidecar.sidecar_path(target), metadata)
         with self._lock:
-            target = self.ready_dir / f"{sequence:0{SEQUENCE_DIGITS}d}{PCAP_SUFFIX}"
-            sidecar.write_sidecar(sidecar.sidecar_path(target), metadata)
             os.replace(self.part_path(sequence), target)
             fsync_directory(self.ready_dir)
             self._part_info_path(sequence).unlink(missing_ok=True)
@@ -189,6 +244,7 @@ class Spool:
         with self._lock:
             self.part_path(sequence).unlink(missing_ok=True)
             self._part_info_path(sequence).unlink(missing_ok=True)
+            self._unsynced.discard(sequence)
             fsync_directory(self.open_dir)
 
     def retract(self, sequences: list[int]) -> None:
@@ -323,3 +379,11 @@ class Spool:
             for line in stream:
                 if line.strip():
                     yield json.loads(line)
+
+
+def _write_replacing(path: Path, data: bytes) -> None:
+    """Replaces `path` by `data` through a rename, so a reader sees all of it or none; not durable."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "wb") as stream:
+        stream.write(data)
+    os.replace(temporary, path)
