@@ -5,12 +5,18 @@ every stored row and marks it ``queued``. While Redis is away rows stay ``stored
 enqueued when it returns, so nothing is lost. Jobs are enqueued by the dotted name of the
 aggregator's function (the server never imports the aggregator) under a deterministic job id, so
 enqueueing the same file again is a no-op. The contract is in ``docs/ingest-queue.md``.
+
+The aggregator's worker reports each job's outcome as a JSON message on the Redis list
+``survey6-ingest-results``; the drainer also collects those and records them in the catalog
+(``ingested`` or ``failed``), refusing messages that are malformed or do not match a catalogued file.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +34,20 @@ from survey6.server.errors import QueueUnavailable
 log = logging.getLogger(__name__)
 
 QUEUE_NAME = "survey6-ingest"
+# The worker's results (docs/ingest-queue.md); the aggregator defines the same name itself.
+RESULTS_LIST = "survey6-ingest-results"
 INGEST_FUNCTION = "survey6.aggregator.jobs.ingest_capture"
 REDIS_CONNECT_TIMEOUT_S = 2.0
 REDIS_SOCKET_TIMEOUT_S = 5.0
 DRAIN_BATCH_ROWS = 100
 DEFAULT_JOB_TIMEOUT_S = 3600.0
+RESULT_BATCH_MESSAGES = 500  # results recorded per drain round at most; the rest wait for the next
+RESULT_STATES = frozenset({catalog.INGESTED, catalog.FAILED})
+# A result may move a file that is durable to ingested/failed; "received" has no job yet.
+_RESULT_FROM_STATES = frozenset({catalog.STORED, catalog.QUEUED, catalog.INGESTED, catalog.FAILED})
+RESULT_DETAIL_MAX_CHARS = 2000
+RESULT_LOG_CHARS = 200  # of a malformed message, in the log line that drops it
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
 def job_id_for(probe_id: str, sequence: int) -> str:
@@ -97,8 +112,70 @@ class IngestQueue:
             raise QueueUnavailable(f"the ingest queue's Redis cannot be reached: {exc}") from exc
         return True
 
+    def results(self, limit: int) -> list[bytes]:
+        """The oldest ``limit`` result messages, left on the list until :meth:`drop_results`.
+
+        Raises:
+            QueueUnavailable: Redis cannot be reached or answered with an error.
+        """
+        try:
+            messages = self.connection.lrange(RESULTS_LIST, 0, limit - 1)
+        except redis.RedisError as exc:
+            raise QueueUnavailable(f"the ingest queue's Redis cannot be reached: {exc}") from exc
+        return [m if isinstance(m, bytes) else m.encode() for m in messages]
+
+    def drop_results(self, count: int) -> None:
+        """Removes the oldest ``count`` result messages (the ones :meth:`results` returned).
+
+        Raises:
+            QueueUnavailable: Redis cannot be reached or answered with an error.
+        """
+        try:
+            self.connection.ltrim(RESULTS_LIST, count, -1)
+        except redis.RedisError as exc:
+            raise QueueUnavailable(f"the ingest queue's Redis cannot be reached: {exc}") from exc
+
     def close(self) -> None:
         self.connection.close()
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """One message of ``survey6-ingest-results``: a job's outcome for one file."""
+
+    probe_id: str
+    sequence: int
+    sha256_hex: str
+    state: str  # ingested | failed
+    detail: str
+    packets: int
+
+    @classmethod
+    def from_message(cls, message: bytes) -> IngestResult:
+        """Parses a message; extra keys are ignored (a newer worker may add some).
+
+        Raises:
+            ValueError: not JSON, a key missing or of the wrong type, an unknown state.
+        """
+        data = json.loads(message)
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        fields = {
+            "probe_id": str,
+            "sequence": int,
+            "sha256_hex": str,
+            "state": str,
+            "detail": str,
+            "packets": int,
+        }
+        for name, kind in fields.items():
+            if not isinstance(data.get(name), kind) or isinstance(data.get(name), bool):
+                raise ValueError(f"{name} is missing or not a {kind.__name__}")
+        if data["state"] not in RESULT_STATES:
+            raise ValueError(f"state {data['state']!r} is not one of {', '.join(sorted(RESULT_STATES))}")
+        if not _SHA256_HEX.match(data["sha256_hex"]):
+            raise ValueError("sha256_hex is not 64 lower-case hex digits")
+        return cls(**{name: data[name] for name in fields})
 
 
 class Drainer:
@@ -129,12 +206,16 @@ class Drainer:
         self._wake.set()
 
     def run(self) -> None:
-        """Drains at once, then after every wake-up or interval, until stopped."""
+        """Drains and collects results at once, then after every wake-up or interval, until stopped."""
         while not self._stop.is_set():
             try:
                 self.drain()
             except Exception:  # a failed round is logged and retried next round; never fatal
                 log.exception("draining the ingest outbox failed")
+            try:
+                self.collect_results()
+            except Exception:  # the messages stay in Redis and are read again next round
+                log.exception("recording ingest results failed")
             self._wake.wait(self.interval_s)
             self._wake.clear()
 
@@ -168,6 +249,75 @@ class Drainer:
                 self._outage = False
                 log.info("the ingest queue is reachable again", extra={"enqueued": marked})
         return marked
+
+    def collect_results(self) -> int:
+        """Records up to ``RESULT_BATCH_MESSAGES`` worker results in the catalog; returns how many.
+
+        Messages are removed from Redis only after they are recorded (or refused), so a crash in
+        between records them again, which changes nothing. Malformed messages are logged and dropped;
+        a result for a file the catalog does not have, or with another SHA-256, is refused with a log
+        line. While Redis is unreachable this returns 0 (the outage is warned about once).
+        """
+        with self._lock:
+            try:
+                messages = self.queue.results(RESULT_BATCH_MESSAGES)
+            except QueueUnavailable as exc:
+                self._outage_began(exc)
+                return 0
+            recorded = 0
+            for message in messages:
+                recorded += self._record_result(message)
+            if messages:
+                try:
+                    self.queue.drop_results(len(messages))
+                except QueueUnavailable as exc:
+                    self._outage_began(exc)
+        return recorded
+
+    def _record_result(self, message: bytes) -> int:
+        try:
+            result = IngestResult.from_message(message)
+        except (ValueError, UnicodeDecodeError) as exc:
+            log.warning(
+                "dropped a malformed ingest result: %s",
+                exc,
+                extra={"raw": message[:RESULT_LOG_CHARS].decode("utf-8", "replace")},
+            )
+            return 0
+        with self.sessions.begin() as session:
+            row = catalog.find(session, result.probe_id, result.sequence)
+            if row is None:
+                log.warning(
+                    "refused an ingest result for a file the catalog does not have",
+                    extra={"probe_id": result.probe_id, "sequence": result.sequence},
+                )
+                return 0
+            if row.sha256_hex != result.sha256_hex or row.state not in _RESULT_FROM_STATES:
+                log.warning(
+                    "refused an ingest result that does not match the catalog",
+                    extra={
+                        "probe_id": result.probe_id,
+                        "sequence": result.sequence,
+                        "sha256_hex": result.sha256_hex,
+                        "catalog_state": row.state,
+                    },
+                )
+                return 0
+            catalog.set_state(
+                session,
+                result.probe_id,
+                result.sequence,
+                result.state,
+                result.detail[:RESULT_DETAIL_MAX_CHARS],
+            )
+        log.info(
+            "file %s #%d %s",
+            result.probe_id,
+            result.sequence,
+            result.state,
+            extra={"detail": result.detail, "packets": result.packets},
+        )
+        return 1
 
     def _outage_began(self, exc: QueueUnavailable) -> None:
         if self._outage:
