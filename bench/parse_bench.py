@@ -44,8 +44,14 @@ import dpkt
 import numpy as np
 import pyarrow as pa
 
+from survey6.aggregator.datasets import write_packets
+from survey6.aggregator.engines import open_engine
+from survey6.aggregator.enrich import enrich_file
 from survey6.aggregator.parse import parse_file
+from survey6.aggregator.settings import AggregatorSettings, SparkSettings
+from survey6.wire.v1 import capture_pb2
 
+BENCH_METADATA = capture_pb2.CaptureMetadata(probe_id="p-bench", sequence=1)
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 DEFAULT_PACKETS = 1_000_000
@@ -164,6 +170,15 @@ def run_survey6(path: Path) -> int:
     return int(table.num_rows)
 
 
+def run_survey6_parquet(path: Path) -> int:
+    """pcap → enriched ``packets`` Parquet (zstd), as ``survey6-aggregate run`` ingests a file."""
+    output = path.parent / "datasets"
+    shutil.rmtree(output, ignore_errors=True)
+    table = enrich_file(path, BENCH_METADATA).table
+    write_packets(table, output, sha256_hex="0" * 64, sequence=1)
+    return int(table.num_rows)
+
+
 def run_dpkt(path: Path) -> int:
     columns: list[list[Any]] = [[] for _ in range(14)]
     (times, srcs, dsts, tcs, flows, plens, nxts, hlims, sports, dports, flags, icmps, names, rcodes) = columns
@@ -209,6 +224,30 @@ def run_tshark(path: Path) -> int:
     if proc.returncode != 0:
         raise RuntimeError(f"tshark exited with {proc.returncode}")
     return rows
+
+
+def time_aggregate(path: Path, engine_name: str, work: Path) -> dict[str, float]:
+    """Seconds to start an engine and to build every derived dataset of the file's partitions, twice
+    (the second build shows the warm cost; Spark's first one includes its JIT and planning warm-up)."""
+    output = work / "datasets"
+    shutil.rmtree(output, ignore_errors=True)
+    partitions = write_packets(
+        enrich_file(path, BENCH_METADATA).table, output, sha256_hex="0" * 64, sequence=1
+    )
+    settings = AggregatorSettings(engine=engine_name, spark=SparkSettings(master="local[*]"))  # type: ignore[arg-type]
+    started = time.perf_counter()
+    engine = open_engine(settings)
+    figures = {"start_s": time.perf_counter() - started}
+    try:
+        for label in ("first_build_s", "second_build_s"):
+            started = time.perf_counter()
+            for partition in partitions:
+                engine.build(output, partition, settings.datasets)
+            figures[label] = time.perf_counter() - started
+    finally:
+        engine.close()
+    print(f"  aggregate, {engine_name}: " + ", ".join(f"{k} {v:.1f}" for k, v in figures.items()), flush=True)
+    return figures
 
 
 @dataclass
@@ -283,7 +322,12 @@ def machine() -> dict[str, str]:
 
 
 def markdown(
-    packets: int, size: int, timings: list[Timing], details: dict[str, str], repetitions: int
+    packets: int,
+    size: int,
+    timings: list[Timing],
+    details: dict[str, str],
+    repetitions: int,
+    aggregate: dict[str, dict[str, float]],
 ) -> str:
     ours = timings[0]
     lines = [
@@ -305,6 +349,19 @@ def markdown(
             f"| {t.parser} | {t.packets_per_s(packets):,.0f} | {t.median_wall_s:.2f} | {cpu:.2f} | "
             f"{'—' if same else f'{by_wall:.1f}× faster'} | {'—' if same else f'{by_cpu:.1f}× faster'} |"
         )
+    if aggregate:
+        lines += [
+            "",
+            "Aggregate stage: every derived dataset of the file's partition built from its `packets` files",
+            "(one run; seconds):",
+            "",
+            "| engine | start | first build | second build |",
+            "|---|---:|---:|---:|",
+        ]
+        for name, f in aggregate.items():
+            lines.append(
+                f"| {name} | {f['start_s']:.1f} | {f['first_build_s']:.1f} | {f['second_build_s']:.1f} |"
+            )
     lines += ["", *REPORT_NOTES, "", "Machine:", ""] + [f"- {key}: {value}" for key, value in details.items()]
     return "\n".join(lines) + "\n"
 
@@ -318,6 +375,9 @@ def main() -> int:
     parser.add_argument(
         "--work-dir", type=Path, default=None, help="where the capture is written (a temp dir)"
     )
+    parser.add_argument(
+        "--no-aggregate", action="store_true", help="skip the aggregate stage (DuckDB and Spark builds)"
+    )
     parser.add_argument("--markdown", type=Path, default=None, help="also write the report to this file")
     args = parser.parse_args()
     packets, repetitions = (QUICK_PACKETS, 1) if args.quick else (args.packets, args.repetitions)
@@ -329,7 +389,11 @@ def main() -> int:
         print(f"writing {packets:,} packets ...", flush=True)
         size = write_capture(path, packets)
         path.read_bytes()  # into the page cache, so no parser pays for the first read
-        runners: list[tuple[str, Callable[[Path], int]]] = [("survey6", run_survey6), ("dpkt", run_dpkt)]
+        runners: list[tuple[str, Callable[[Path], int]]] = [
+            ("survey6", run_survey6),
+            ("survey6 → Parquet", run_survey6_parquet),
+            ("dpkt", run_dpkt),
+        ]
         if shutil.which("tshark") and not args.no_tshark:
             runners.append(("tshark -T fields", run_tshark))
         else:
@@ -339,12 +403,22 @@ def main() -> int:
         for _ in range(repetitions):  # interleaved, so a busy spell on the machine hits every parser
             for timing, (_, run) in zip(timings, runners, strict=True):
                 measure(timing, run, path)
+        aggregate: dict[str, dict[str, float]] = {}
+        if not args.no_aggregate:
+            for engine_name in ("duckdb", "spark"):
+                aggregate[engine_name] = time_aggregate(path, engine_name, Path(tmp))
 
-    report = markdown(packets, size, timings, details, repetitions)
+    report = markdown(packets, size, timings, details, repetitions, aggregate)
     print(report)
     RESULTS_DIR.mkdir(exist_ok=True)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    result = {"packets": packets, "bytes": size, "machine": details, "timings": [asdict(t) for t in timings]}
+    result = {
+        "packets": packets,
+        "bytes": size,
+        "machine": details,
+        "timings": [asdict(t) for t in timings],
+        "aggregate": aggregate,
+    }
     (RESULTS_DIR / f"parse_bench-{stamp}.json").write_text(json.dumps(result, indent=2))
     if args.markdown:
         args.markdown.write_text(report)
