@@ -58,6 +58,9 @@ class ProbeTally:
     probe_id: str
     last_sent_seq: int = 0
     last_ok_seq: int = 0
+    # Wall-clock time (Unix seconds) the last acknowledged heartbeat was sent: the server recorded
+    # it at that time or later, on the same clock.
+    last_ok_sent_wall_s: float = 0.0
     ok: int = 0
     failed: int = 0
 
@@ -183,7 +186,7 @@ class Worker:
                 await asyncio.sleep(delay)
             tally.last_sent_seq += 1
             request = heartbeat_request(identity.probe_id, tally.last_sent_seq, started_ns)
-            sent = loop.time()
+            sent, sent_wall = loop.time(), time.time()
             try:
                 await call(request, timeout=HEARTBEAT_DEADLINE_S)
             except grpc.aio.AioRpcError as exc:
@@ -196,6 +199,7 @@ class Worker:
             failures = 0
             tally.ok += 1
             tally.last_ok_seq = tally.last_sent_seq
+            tally.last_ok_sent_wall_s = sent_wall
             self.report.done_at_s.append(done - start)
             self.report.latency_ms.append((done - sent) * 1000.0)
             self.report.from_schedule_ms.append((done - scheduled) * 1000.0)

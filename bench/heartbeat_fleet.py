@@ -4,6 +4,7 @@ N probe identities through its Enrolment service, and the check of its registry 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import os
 import re
@@ -90,6 +91,8 @@ class Survey6Server:
                     "--enrol-listen",
                     "127.0.0.1:0",
                     "--grpc-listen",
+                    "127.0.0.1:0",
+                    "--http-listen",
                     "127.0.0.1:0",
                 ],
                 stdout=log,
@@ -239,24 +242,34 @@ def token_usage(database: Path) -> dict[str, Any]:
 
 
 def _recorded(health_json: str | None) -> tuple[str, int] | None:
-    """(interface name, sequence number) of the heartbeat a probe row holds."""
+    """(interface name, sequence number) of the heartbeat a probe row's health report is from."""
     interfaces = json.loads(health_json or "{}").get("interfaces") or []
     if not interfaces:
         return None
     return str(interfaces[0].get("name", "")), int(interfaces[0].get("captured_packets_total", 0))
 
 
+def _unix_s(stored: str | None) -> float | None:
+    """A registry time (UTC, stored without a zone) as Unix seconds."""
+    if stored is None:
+        return None
+    return datetime.datetime.fromisoformat(stored).replace(tzinfo=datetime.UTC).timestamp()
+
+
 def check_registry(database: Path, tallies: list[ProbeTally]) -> dict[str, Any]:
     """Compares what every simulated probe sent and had acknowledged with what the registry holds.
 
     Each heartbeat carries ``bench-<probe id>`` as its interface name and its sequence number as
-    ``captured_packets_total``. A probe row holding another probe's name is a misattribution, and so
-    is a history sample whose sequence the probe never sent or that goes backwards. A probe whose
-    recorded sequence is older than its last acknowledged heartbeat lost that heartbeat.
+    ``captured_packets_total``. A probe row whose health report holds another probe's name is a
+    misattribution, and so is a history sample whose sequence the probe never sent or that goes
+    backwards. The server writes the time of every probe's last heartbeat, and its whole report
+    with each history sample: a probe whose recorded last heartbeat is older than the send time of
+    its last acknowledged one (same machine, same clock) lost that heartbeat. State events must
+    be in time order for each probe.
     """
     with sqlite3.connect(database) as db:
         probes = {
-            probe_id: (at, health)
+            probe_id: (_unix_s(at), health)
             for probe_id, at, health in db.execute("SELECT id, last_heartbeat_at, last_health FROM probes")
         }
         samples: dict[str, list[int]] = {}
@@ -264,13 +277,17 @@ def check_registry(database: Path, tallies: list[ProbeTally]) -> dict[str, Any]:
             "SELECT probe_id, captured_packets_total FROM heartbeat_samples ORDER BY id"
         ):
             samples.setdefault(probe_id, []).append(int(seq))
+        events: dict[str, list[str]] = {}
+        for probe_id, at in db.execute("SELECT probe_id, at FROM events WHERE kind = 'state' ORDER BY id"):
+            events.setdefault(probe_id, []).append(at)
     checks = (
         "missing_from_registry",
         "no_last_heartbeat_at",
-        "misattributed_last_heartbeat",
+        "misattributed_last_health",
         "lost_last_acknowledged",
         "recorded_but_never_sent",
         "misattributed_samples",
+        "events_out_of_order",
     )
     result: Counter[str] = Counter(dict.fromkeys(checks, 0))
     for tally in tallies:
@@ -279,13 +296,15 @@ def check_registry(database: Path, tallies: list[ProbeTally]) -> dict[str, Any]:
         recorded = _recorded(health)
         own = samples.pop(tally.probe_id, [])
         result["samples"] += len(own)
+        times = events.pop(tally.probe_id, [])
+        result["state_events"] += len(times)
         if tally.probe_id not in probes:
             result["missing_from_registry"] += 1
         elif tally.ok and at is None:
             result["no_last_heartbeat_at"] += 1
         if recorded is not None and recorded[0] != f"bench-{tally.probe_id}":
-            result["misattributed_last_heartbeat"] += 1
-        if tally.ok and (recorded is None or recorded[1] < tally.last_ok_seq):
+            result["misattributed_last_health"] += 1
+        if tally.ok and (at is None or at < tally.last_ok_sent_wall_s):
             result["lost_last_acknowledged"] += 1
         if recorded is not None and recorded[1] > tally.last_sent_seq:
             result["recorded_but_never_sent"] += 1
@@ -293,6 +312,8 @@ def check_registry(database: Path, tallies: list[ProbeTally]) -> dict[str, Any]:
             s > tally.last_sent_seq for s in own
         ):
             result["misattributed_samples"] += 1
+        if times != sorted(times):
+            result["events_out_of_order"] += 1
     result["samples_of_unknown_probes"] = sum(len(v) for v in samples.values())
     return dict(result)
 

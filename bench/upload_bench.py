@@ -52,7 +52,7 @@ from typing import Any
 import grpc
 from upload_echo import EchoServer, bare_put
 from upload_link import CountingMonitor, VethLink
-from upload_setup import BenchSpool, Master, Redis, Server, join_probe, write_masters
+from upload_setup import BenchSpool, Master, Redis, Server, join_probe, machine_busy_s, write_masters
 from upload_share import ShareConfig, ShareContext, run_scenario
 
 from survey6.probe.agent import MAX_MESSAGE_BYTES
@@ -111,7 +111,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         " less busy than this (percent of one CPU, over 0.5 s) [25]"
     )  # fmt: skip
     parser.add_argument("--quiet-wait-s", type=float, default=60.0, help="but at most this long [60]")
+    parser.add_argument(
+        "--disturbed-other-s", type=float, default=0.2, help="a trial during which the rest of the"
+        " machine used more CPU than this is disturbed: kept, marked, and run again [0.2]"
+    )  # fmt: skip
+    parser.add_argument("--retries", type=int, default=2, help="runs again of a disturbed trial [2]")
     parser.add_argument("--output", type=Path, help="JSON results [bench/results/upload_bench-TIME.json]")
+    parser.add_argument(
+        "--server-env", action="append", default=[], metavar="NAME=VALUE",
+        help="a SURVEY6_* setting for the server, e.g. SURVEY6_UPLOADS__WRITEBACK_BYTES=0 (repeatable)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     quick = args.quick
     args.files = args.files or (2 if quick else 4)
@@ -128,11 +137,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def process_cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_S
-
-
-def machine_busy_s() -> float:
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    return (sum(values[:8]) - values[3] - values[4]) / CLOCK_TICKS_PER_S
 
 
 def busy_percent(seconds: float) -> float:
@@ -181,6 +185,8 @@ class Trial:
     per_file_s: list[float]
     quiet_wait_s: float = 0.0  # waited for the machine to calm down before the trial
     busy_before_percent: float = 0.0  # the machine's busy CPU just before, percent of one CPU
+    durable_after_s: list[float] | None = None  # survey6-server: each file's last byte to its receipt
+    disturbed: bool = False  # other CPU above --disturbed-other-s: left out of the table if a rerun was not
 
 
 def uploader_run(
@@ -203,7 +209,7 @@ def uploader_run(
     with grpc.secure_channel(target, credentials, options=options) as channel:
         grpc.channel_ready_future(channel).result(timeout=READY_TIMEOUT_S)  # TLS handshake not timed
         uploader = Uploader(spool, upload_pb2_grpc.UploadStub(channel), monitor, settings, probe_id)
-        uploader.upload_now.set()
+        uploader.request_upload_now()
         thread = threading.Thread(target=uploader.run, name="uploader", daemon=True)
         os.sync()
         before = CpuMark.now(server_pid)
@@ -213,7 +219,7 @@ def uploader_run(
         while len(spool.delivered_at) < len(masters) and time.monotonic() < deadline:
             time.sleep(0.002)
         after = CpuMark.now(server_pid)
-        uploader.stop.set()
+        uploader.request_stop()
         thread.join(timeout=60)
     if len(spool.delivered_at) < len(masters):
         raise RuntimeError(f"uploader delivered {len(spool.delivered_at)} of {len(masters)} files in time;"
@@ -268,10 +274,13 @@ def run_throughput(
         for repetition in range(1, args.repetitions + 1):
             for chunk_kib in args.chunk_kib:
                 cells = _rotated(args.cells, repetition - 1)
-                for cell in cells:
+                for cell, attempt in ((c, a) for c in cells for a in range(1 + args.retries)):
+                    if attempt and not trials[-1].disturbed:
+                        continue  # the last run of this cell was clean
                     client, server_name = CELLS[cell]
                     target, pid = targets[server_name]
                     waited, busy = wait_quiet(args.quiet_percent, args.quiet_wait_s)
+                    log_mark = server.log_lines()
                     if client == "uploader":
                         run = uploader_run(
                             spool, target, credentials, probe_id, masters, chunk_kib << 10, pid
@@ -282,6 +291,9 @@ def run_throughput(
                         sequence += len(masters)
                     trials.append(_trial(cell, chunk_kib, repetition, len(masters), total, *run))
                     trials[-1].quiet_wait_s, trials[-1].busy_before_percent = waited, busy
+                    trials[-1].disturbed = trials[-1].other_cpu_s > args.disturbed_other_s
+                    if server_name == "survey6":
+                        trials[-1].durable_after_s = server.durable_after_s(log_mark)
                     print(_trial_line(trials[-1]), flush=True)
                     if server_name == "survey6":
                         server.clear_landing()
@@ -316,15 +328,21 @@ def _trial(
 
 
 def _trial_line(t: Trial) -> str:
+    tail = f"  tail {statistics.median(t.durable_after_s) * 1000:.0f} ms" if t.durable_after_s else ""
     return (f"  rep {t.repetition} chunk {t.chunk_kib:>4} KiB  {t.cell:<20} {t.mb_per_s:7.1f} MB/s"
             f"  client CPU {t.client_cpu_s:5.2f} s  server CPU {t.server_cpu_s:5.2f} s"
             f"  other {t.other_cpu_s:5.2f} s  (busy before {t.busy_before_percent:.0f} %,"
-            f" waited {t.quiet_wait_s:g} s)")  # fmt: skip
+            f" waited {t.quiet_wait_s:g} s){tail}{'  DISTURBED' if t.disturbed else ''}")  # fmt: skip
 
 
-def throughput_table(trials: list[Trial]) -> list[dict[str, Any]]:
+def throughput_table(all_trials: list[Trial]) -> list[dict[str, Any]]:
     """Per cell and chunk size: median MB/s (min-max), CPU per GB, and the median of the per-repetition
-    ratios to the anchor (the bare aio client and server, same chunk size, same repetition)."""
+    ratios to the anchor (the bare aio client and server, same chunk size, same repetition).
+
+    One trial counts per cell, chunk size and repetition: its last run, which is the undisturbed
+    one unless every rerun was disturbed too (those are counted in the row)."""
+    last = {(t.cell, t.chunk_kib, t.repetition): t for t in all_trials}
+    trials = list(last.values())
     anchor = {(t.chunk_kib, t.repetition): t.mb_per_s for t in trials if t.cell == ANCHOR}
     rows = []
     for cell in dict.fromkeys(t.cell for t in trials):
@@ -332,6 +350,7 @@ def throughput_table(trials: list[Trial]) -> list[dict[str, Any]]:
             group = [t for t in trials if t.cell == cell and t.chunk_kib == chunk]
             if not group:
                 continue
+            reruns = sum(t.cell == cell and t.chunk_kib == chunk for t in all_trials) - len(group)
             rates = [t.mb_per_s for t in group]
             gigabytes = [t.bytes / 1e9 for t in group]
             ratios = [
@@ -342,6 +361,8 @@ def throughput_table(trials: list[Trial]) -> list[dict[str, Any]]:
                     "cell": cell,
                     "chunk_kib": chunk,
                     "runs": len(group),
+                    "disturbed_runs_rerun": reruns,
+                    "disturbed_runs_kept": sum(t.disturbed for t in group),
                     "mb_per_s_median": round(statistics.median(rates), 1),
                     "mb_per_s_min": min(rates),
                     "mb_per_s_max": max(rates),
@@ -355,9 +376,16 @@ def throughput_table(trials: list[Trial]) -> list[dict[str, Any]]:
                     "ratio_to_anchor_min_max": [round(min(ratios), 3), round(max(ratios), 3)]
                     if ratios
                     else None,
+                    "durable_after_ms_median": _median_tail_ms(group),
                 }
             )
     return rows
+
+
+def _median_tail_ms(group: list[Trial]) -> float | None:
+    """survey6-server: the median time from a file's last byte to its receipt, over the group's files."""
+    tails = [tail for t in group for tail in (t.durable_after_s or [])]
+    return round(statistics.median(tails) * 1000, 1) if tails else None
 
 
 def _median_per(group: list[Trial], gigabytes: list[float], value: Callable[[Trial], float]) -> float:
@@ -367,14 +395,16 @@ def _median_per(group: list[Trial], gigabytes: list[float], value: Callable[[Tri
 def print_throughput(rows: list[dict[str, Any]]) -> None:
     print(
         "\n| cell | chunk | MB/s median [min–max] | × anchor | client CPU s/GB | server CPU s/GB"
-        " | other CPU % |"
+        " | other CPU % | last byte to receipt ms | disturbed: rerun / kept |"
     )
-    print("|---|--:|--:|--:|--:|--:|--:|")
+    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|")
     for r in rows:
         ratio = "" if r["ratio_to_anchor_median"] is None else f"{r['ratio_to_anchor_median']:.2f}"
+        tail = "" if r["durable_after_ms_median"] is None else r["durable_after_ms_median"]
         print(f"| {r['cell']} | {r['chunk_kib']} KiB | {r['mb_per_s_median']:.1f} [{r['mb_per_s_min']:.1f}–"
               f"{r['mb_per_s_max']:.1f}] | {ratio} | {r['client_cpu_s_per_gb']:.2f} | "
-              f"{r['server_cpu_s_per_gb']:.2f} | {r['other_cpu_percent']} |")  # fmt: skip
+              f"{r['server_cpu_s_per_gb']:.2f} | {r['other_cpu_percent']} | {tail} |"
+              f" {r['disturbed_runs_rerun']} / {r['disturbed_runs_kept']} |")  # fmt: skip
 
 
 # -- link share -------------------------------------------------------------------------------------
@@ -408,7 +438,11 @@ def run_share(
                                   ("onset", large, large_copies)):  # fmt: skip
         print(f"  share scenario {kind}: {copies * len(masters)} files ...", flush=True)
         results.append(run_scenario(kind, ctx, config, masters, copies))
-        print("   ", json.dumps(_short(results[-1]["summary"])), flush=True)
+        short = {
+            **_short(results[-1]["summary"]),
+            "machine_busy_percent": results[-1]["machine_busy_percent"],
+        }
+        print("   ", json.dumps(short), flush=True)
     return results
 
 
@@ -494,6 +528,9 @@ def main(argv: list[str] | None = None) -> int:
         config = root / "empty.toml"
         config.write_text("")
         env = {"SURVEY6_CONFIG": str(config)}
+        for item in args.server_env:
+            name, _, value = item.partition("=")
+            env[name] = value
         if redis.start():
             env["SURVEY6_REDIS_URL"] = redis.url
         server = Server(root, env)

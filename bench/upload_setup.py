@@ -47,6 +47,12 @@ PACKET_GAP_NS = 100_000  # 10,000 packets/s in the file's timestamps
 WINDOW_NS = 60_000_000_000  # the capture window a file claims (rotate at 60 s)
 
 
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has been busy since boot (all CPUs)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(values[:8]) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def die_with_parent() -> None:
     """preexec_fn: the child gets SIGTERM if the harness dies, so nothing outlives a crashed run."""
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -173,7 +179,8 @@ class Server:
         self.host = host
         prefix = ["ip", "netns", "exec", netns] if netns else []  # ip execs the server: same pid
         argv = [*prefix, str(BIN / "survey6-server"), "run", "--data-dir", str(self.data_dir),
-                "--enrol-listen", f"{host}:0", "--grpc-listen", f"{host}:0"]  # fmt: skip
+                "--enrol-listen", f"{host}:0", "--grpc-listen", f"{host}:0",
+                "--http-listen", "127.0.0.1:0"]  # fmt: skip
         before = self._log_lines()
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
@@ -209,6 +216,18 @@ class Server:
             if entry.get("level") in ("warning", "error", "critical"):
                 problems.append(f"{entry.get('level')}: {entry.get('msg', '')}"[:300])
         return problems[:20]
+
+    def durable_after_s(self, skip_lines: int) -> list[float]:
+        """For each file landed after the first `skip_lines` log lines: the seconds from its last
+        byte to its DURABLE receipt (fsyncs, move, registry), as the server logged them."""
+        tails = []
+        for line in self.log_path.read_text(errors="replace").splitlines()[skip_lines:]:
+            if '"msg": "file landed"' in line:
+                tails.append(float(json.loads(line).get("durable_after_s", "nan")))
+        return tails
+
+    def log_lines(self) -> int:
+        return self._log_lines()
 
     def clear_landing(self) -> None:
         """Removes landed files (the catalog keeps its rows), so repeated trials do not fill the disk."""

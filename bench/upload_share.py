@@ -1,8 +1,9 @@
 """The link-share scenarios of bench/upload_bench.py and their reading.
 
 Each scenario runs survey6's Uploader (its own ``run`` loop, which samples the LinkMonitor every
-second) against the server in the namespace of a VethLink, with a LinkMonitor on the host's end of the
-link given a capacity C and the uploader a share s, while paced background traffic arrives on the link:
+second, and every quarter second while it uploads) against the server in the namespace of a
+VethLink, with a LinkMonitor on the host's end of the link given a capacity C and the uploader a
+share s, while paced background traffic arrives on the link:
 
 - ``steady``: background from the start; after a warm-up (the monitor's smoothed utilisation settles)
   the override ``upload-now`` is set; large files.
@@ -22,7 +23,7 @@ from typing import Any
 
 import grpc
 from upload_link import Background, CountingMonitor, Sampler, VethLink
-from upload_setup import BenchSpool, Master, Server
+from upload_setup import BenchSpool, Master, Server, machine_busy_s
 
 from survey6.probe.agent import MAX_MESSAGE_BYTES
 from survey6.probe.settings import DeliverySettings
@@ -80,13 +81,14 @@ def run_scenario(
         grpc.channel_ready_future(channel).result(timeout=READY_TIMEOUT_S)
         uploader = Uploader(ctx.spool, upload_pb2_grpc.UploadStub(channel), monitor, settings, ctx.probe_id)
         origin = time.monotonic()
+        busy_before = machine_busy_s()
         sampler = Sampler(ctx.link, monitor, uploader._rate_bytes_per_s, origin)
         thread = threading.Thread(target=uploader.run, name="uploader", daemon=True)
         background: Background | None = None
         try:
             sampler.start()
             if kind == "onset":
-                uploader.upload_now.set()
+                uploader.request_upload_now()
                 thread.start()
                 time.sleep(config.onset_idle_s)
                 background = Background(ctx.link, config.background_bps, config.upload_s + 1)
@@ -100,7 +102,7 @@ def run_scenario(
                 thread.start()
                 time.sleep(config.warmup_s)
                 override_at = time.monotonic() - origin
-                uploader.upload_now.set()  # the loop sees it within its 1 s sampling interval
+                uploader.request_upload_now()  # wakes the loop at once
             deadline = time.monotonic() + config.upload_s
             while time.monotonic() < deadline and ctx.spool.ready_files():
                 time.sleep(0.05)
@@ -110,9 +112,10 @@ def run_scenario(
                 background.stop()
             raise
         finally:
-            uploader.stop.set()
+            uploader.request_stop()
             thread.join(timeout=JOIN_TIMEOUT_S)
             samples = sampler.stop()
+            busy_percent = 100 * (machine_busy_s() - busy_before) / (time.monotonic() - origin)
         sent = background.result()
     ctx.spool.empty()
     return {
@@ -124,6 +127,9 @@ def run_scenario(
         "delivered_files": uploader.status.uploaded_files_total,
         "last_error": uploader.status.last_error,
         "background": sent,
+        # The whole machine's busy CPU during the scenario (this run, the server, other people's
+        # work), percent of one CPU: a disturbed run shows up here.
+        "machine_busy_percent": round(busy_percent),
         "summary": summarise(kind, samples, override_at, stopped_at, config, sent.get("rate_bps", 0.0)),
         "samples": samples,
     }

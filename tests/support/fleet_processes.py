@@ -89,7 +89,7 @@ class ServerProcess:
         prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
         self.process = subprocess.Popen(
             [*prefix, SERVER, "run", "--data-dir", str(self.data_dir), "--enrol-listen", self.enrol_address,
-             "--grpc-listen", self.control_address],
+             "--grpc-listen", self.control_address, "--http-listen", "127.0.0.1:0"],
             stdout=log, stderr=log, env={**os.environ, **self.env},
         )  # fmt: skip
         log.close()

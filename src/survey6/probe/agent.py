@@ -150,7 +150,7 @@ class Agent:
 
     def _stop_uploader(self) -> None:
         if self.uploader is not None:
-            self.uploader.stop.set()
+            self.uploader.request_stop()
         if self._uploader_thread is not None:
             self._uploader_thread.join(timeout=30)
         if self.monitor is not None:
@@ -395,7 +395,7 @@ class Agent:
         if action == "upload_now":
             if self.uploader is None:
                 return CommandResult(rejected, "not connected to the server yet")
-            self.uploader.upload_now.set()
+            self.uploader.request_upload_now()
             return CommandResult(ok, "uploading the whole backlog now")
         return CommandResult(rejected, f"unknown command {action!r}")
 

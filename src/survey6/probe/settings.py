@@ -41,12 +41,14 @@ class DeliverySettings(StrictModel):
     interface: str = ""
     # Link capacity in bits/s; 0: the driver's speed (/sys/class/net/IF/speed).
     link_capacity_bps: float = Field(default=0.0, ge=0)
-    # The link is idle when its smoothed utilisation (without our own uploads) stays under the
-    # threshold for the hold time.
+    # The link is idle when its utilisation (without our own uploads), smoothed over smoothing_s
+    # and over the last second alone, stays under the threshold for the hold time. A rise counts at
+    # once (an upload pauses, or slows, within about a second); a fall only as the smoothed value follows.
     idle_threshold_ratio: float = Field(default=0.1, gt=0, le=1)
     idle_hold_s: Seconds = Field(default=30.0, ge=0)
     smoothing_s: Seconds = Field(default=5.0, gt=0)
-    # Share of the idle headroom an upload may use (token bucket).
+    # Share of the idle headroom an upload may use, in link bytes (headers counted), over every
+    # second: one token bucket for all files, with no burst beyond one chunk.
     upload_share_ratio: float = Field(default=0.5, gt=0, le=1)
     # Overrides: upload whatever the link does when the backlog or the oldest file gets this big/old.
     backlog_high_water_bytes: ByteCount = Field(default=2 << 30, gt=0)

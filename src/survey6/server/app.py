@@ -3,6 +3,7 @@
 - enrolment, server-only TLS (a joining probe has no certificate yet): ``enrol_listen``
 - probe control and uploads, mutual TLS: ``grpc_listen``
 - the ingest outbox drainer: stored files into the Redis queue
+- the web UI and /metrics (``survey6.server.web``, a thread): ``http_listen``
 
 Both serve the standard health and reflection services.
 """
@@ -13,6 +14,7 @@ import logging
 import threading
 from concurrent import futures
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -37,6 +39,9 @@ from survey6.wire.v1 import (
     upload_pb2,
     upload_pb2_grpc,
 )
+
+if TYPE_CHECKING:
+    from survey6.server.web.serving import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +80,13 @@ class ServerApp:
         self.enrol_port = 0
         self.control_port = 0
         self._servers: list[grpc.Server] = []
+        self.http_port = 0
+        self._web: WebServer | None = None
 
     def start(self) -> None:
         self.fleet.load()
         self.uploads.recover()  # before serving: rows a crash left half-landed
+        self._start_web()
         liveness = self.settings.liveness
         control = grpc.server(
             futures.ThreadPoolExecutor(max_workers=RPC_WORKERS),
@@ -118,6 +126,7 @@ class ServerApp:
         self._background(self.fleet.sweep, "liveness", SWEEP_INTERVAL_S)
         self._background(self.fleet.refresh, "refresh", REFRESH_INTERVAL_S)
         self._background(self._cleanup_tokens, "tokens", TOKEN_CLEANUP_INTERVAL_S)
+        self._background(self.uploads.remove_abandoned_parts, "parts", self.uploads.cleanup_interval_s)
         drainer = threading.Thread(target=self.drainer.run, name="ingest-outbox", daemon=True)
         drainer.start()
         self._threads.append(drainer)
@@ -126,9 +135,31 @@ class ServerApp:
             extra={
                 "enrol_port": self.enrol_port,
                 "control_port": self.control_port,
+                "http_port": self.http_port,
                 "ca_hash": self.ca.cert_hash,
             },
         )
+
+    def _start_web(self) -> None:
+        """The web UI on http_listen, first: a port it cannot bind fails the start before any RPC."""
+        # Here, not at the top: the command line imports this module, and only `run` needs Flask.
+        from survey6.server.web import create_app
+        from survey6.server.web.application import web_settings_of
+        from survey6.server.web.services import WebServices, default_join_address
+        from survey6.server.web.serving import WebServer
+
+        web = web_settings_of(self.settings)
+        services = WebServices(
+            sessions=self.sessions,
+            fleet=self.fleet,
+            data_dir=self.settings.data_dir,
+            ca_cert_hash=self.ca.cert_hash,
+            join_address=lambda: default_join_address(self.settings.data_dir, self.enrol_port),
+            queue_depth=lambda: int(self.ingest_queue.queue.count),
+        )
+        self._web = WebServer(create_app(services, self.settings, web), self.settings.http_listen, web)
+        self._web.start()
+        self.http_port = self._web.port
 
     def _listen(self, server: grpc.Server, address: str, *, mutual: bool) -> int:
         credentials = grpc.ssl_server_credentials(
@@ -181,6 +212,8 @@ class ServerApp:
         self.drainer.stop()
         for server in self._servers:
             server.stop(STOP_GRACE_S).wait()
+        if self._web is not None:
+            self._web.stop()
         for thread in self._threads:
             thread.join(timeout=STOP_GRACE_S)
         self.fleet.flush()  # heartbeats received since the last round are not lost

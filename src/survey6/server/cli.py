@@ -26,6 +26,7 @@ from survey6.server.registry import db
 from survey6.server.registry.models import Probe, utcnow
 from survey6.server.settings import ServerSettings
 from survey6.server.setup import database_url, initialise, pki_dir
+from survey6.server.web import users as web_users
 
 EPILOG = "Exit status: 0 success, 1 error (one line on stderr), 2 usage error."
 
@@ -284,6 +285,101 @@ def probes_command(ctx: click.Context, data_dir: Path | None, probe_id: str, act
     with _sessions(settings).begin() as session:
         command_id = probe_commands.queue_command(session, probe_id, action, payload)
     click.echo(command_id)
+
+
+@cli.group("user")
+def user_group() -> None:
+    """Web UI accounts: an admin may act (commands, tokens), a viewer may only look."""
+
+
+def _read_password(password_file: Any) -> str:
+    if password_file is not None:
+        return str(password_file.readline().rstrip("\r\n"))
+    return str(click.prompt("Password", hide_input=True, confirmation_prompt=True))
+
+
+@user_group.command("add")
+@data_dir_option
+@click.argument("username")
+@click.option("--role", type=click.Choice(web_users.ROLES), default=web_users.VIEWER, show_default=True)
+@click.option(
+    "--password-file",
+    type=click.File("r"),
+    default=None,
+    help="Read the password from this file's first line.",
+)
+@click.pass_context
+def user_add(ctx: click.Context, data_dir: Path | None, username: str, role: str, password_file: Any) -> None:
+    """Add an account (the password is asked for unless --password-file is given)."""
+    settings = _settings(ctx, data_dir)
+    password = _read_password(password_file)
+    with _sessions(settings).begin() as session:
+        web_users.add_user(session, username, password, role)
+    click.echo(f"added {username} ({role})")
+
+
+@user_group.command("list")
+@data_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def user_list(ctx: click.Context, data_dir: Path | None, as_json: bool) -> None:
+    """List accounts and their roles."""
+    settings = _settings(ctx, data_dir)
+    with _sessions(settings)() as session:
+        accounts = web_users.list_users(session)
+    items = [
+        {"username": a.username, "role": a.role, "created_at": a.created_at.isoformat()} for a in accounts
+    ]
+    if as_json:
+        click.echo(json.dumps(items, indent=2))
+        return
+    click.echo(f"{'USER':<24}{'ROLE':<8}CREATED")
+    for item in items:
+        click.echo(f"{item['username']:<24}{item['role']:<8}{item['created_at']}")
+
+
+@user_group.command("passwd")
+@data_dir_option
+@click.argument("username")
+@click.option(
+    "--password-file",
+    type=click.File("r"),
+    default=None,
+    help="Read the password from this file's first line.",
+)
+@click.pass_context
+def user_passwd(ctx: click.Context, data_dir: Path | None, username: str, password_file: Any) -> None:
+    """Set an account's password."""
+    settings = _settings(ctx, data_dir)
+    password = _read_password(password_file)
+    with _sessions(settings).begin() as session:
+        web_users.set_password(session, username, password)
+    click.echo(f"password of {username} changed")
+
+
+@user_group.command("role")
+@data_dir_option
+@click.argument("username")
+@click.argument("role", type=click.Choice(web_users.ROLES))
+@click.pass_context
+def user_role(ctx: click.Context, data_dir: Path | None, username: str, role: str) -> None:
+    """Give an account another role (the last admin stays an admin)."""
+    settings = _settings(ctx, data_dir)
+    with _sessions(settings).begin() as session:
+        web_users.set_role(session, username, role)
+    click.echo(f"{username} is now {role}")
+
+
+@user_group.command("remove")
+@data_dir_option
+@click.argument("username")
+@click.pass_context
+def user_remove(ctx: click.Context, data_dir: Path | None, username: str) -> None:
+    """Remove an account (not the last admin)."""
+    settings = _settings(ctx, data_dir)
+    with _sessions(settings).begin() as session:
+        web_users.remove_user(session, username)
+    click.echo(f"removed {username}")
 
 
 def _scalar(text: str) -> Any:

@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field
 
 from survey6.common.settings import ByteCount, LoggingSettings, Seconds, StrictModel
+from survey6.server.web.settings import WebSettings
 
 
 class LivenessSettings(StrictModel):
@@ -29,6 +30,15 @@ class UploadSettings(StrictModel):
     max_file_bytes: ByteCount = Field(default=4 << 30, gt=0)  # 4 GiB
     # Landed bytes a probe may hold; 0: unlimited.
     probe_quota_bytes: ByteCount = Field(default=0, ge=0)
+    # An upload stream that sends nothing for this long is cancelled, so a stalled client does not
+    # hold one of the server's RPC threads; what it sent is kept and it resumes from there.
+    stream_idle_timeout_s: Seconds = Field(default=120.0, gt=0)
+    # A partial upload (receiving/*.part) untouched for this long is deleted; a probe that resumes
+    # sooner keeps its offset.
+    part_retention_s: Seconds = Field(default=7 * 24 * 3600.0, gt=0)
+    # While a file arrives, its writeback to disk is started every this many bytes, so the fsync
+    # before the receipt finds little left to write; 0: everything is written by that fsync.
+    writeback_bytes: ByteCount = Field(default=8 << 20, ge=0)  # 8 MiB
 
 
 class QueueSettings(StrictModel):
@@ -52,4 +62,5 @@ class ServerSettings(StrictModel):
     liveness: LivenessSettings = Field(default_factory=LivenessSettings)
     uploads: UploadSettings = Field(default_factory=UploadSettings)
     queue: QueueSettings = Field(default_factory=QueueSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)

@@ -14,7 +14,7 @@ import secrets
 import string
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from survey6.server.errors import TokenError
@@ -115,6 +115,11 @@ def delete_stale_tokens(session: Session) -> int:
 def consume_token(session: Session, token: str) -> str:
     """Checks a token and uses it once; returns its id.
 
+    The use is one conditional ``UPDATE`` (usable, not revoked, not expired, uses left) whose row
+    count says whether it took: joins in parallel can never use a token more often than allowed,
+    whatever the database's isolation (SQLite takes no row lock for ``SELECT ... FOR UPDATE``).
+    The use is undone with the caller's transaction if the join fails later.
+
     Raises:
         TokenError: malformed, unknown, wrong secret, expired, revoked or used up. The caller
             tells the client only that the token was refused and why in general terms.
@@ -123,17 +128,45 @@ def consume_token(session: Session, token: str) -> str:
     if match is None:
         raise TokenError("malformed token: expected [a-z0-9]{6}.[a-z0-9]{16}")
     token_id, secret = match.groups()
-    row = session.get(BootstrapToken, token_id, with_for_update=True)
-    if row is None or not hmac.compare_digest(row.secret_sha256, _secret_sha256(secret)):
+    stored_sha256 = session.scalar(
+        select(BootstrapToken.secret_sha256).where(BootstrapToken.token_id == token_id)
+    )
+    if stored_sha256 is None or not hmac.compare_digest(stored_sha256, _secret_sha256(secret)):
         raise TokenError(f"unknown token {token_id}")
     now = utcnow()
-    if row.revoked_at is not None:
-        raise TokenError(f"token {token_id} has been revoked")
-    if now >= row.expires_at:
-        raise TokenError(f"token {token_id} has expired")
-    if row.usages_left is not None:
-        if row.usages_left <= 0:
-            raise TokenError(f"token {token_id} has been used up")
-        row.usages_left -= 1
-    row.used_count += 1
-    return token_id
+    result = session.execute(
+        update(BootstrapToken)
+        .where(
+            BootstrapToken.token_id == token_id,
+            BootstrapToken.revoked_at.is_(None),
+            BootstrapToken.expires_at > now,
+            BootstrapToken.usages_left.is_(None) | (BootstrapToken.usages_left > 0),
+        )
+        .values(
+            usages_left=BootstrapToken.usages_left - 1,  # NULL (unlimited) stays NULL
+            used_count=BootstrapToken.used_count + 1,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if getattr(result, "rowcount", 0) == 1:
+        return token_id
+    raise TokenError(_refusal(session, token_id, now))
+
+
+def _refusal(session: Session, token_id: str, now: dt.datetime) -> str:
+    """Why the token could not be used, read again now that the conditional update refused it."""
+    row = session.execute(
+        select(BootstrapToken.revoked_at, BootstrapToken.expires_at, BootstrapToken.usages_left).where(
+            BootstrapToken.token_id == token_id
+        )
+    ).one_or_none()
+    if row is None:
+        return f"unknown token {token_id}"  # deleted meanwhile
+    revoked_at, expires_at, usages_left = row
+    if revoked_at is not None:
+        return f"token {token_id} has been revoked"
+    if now >= expires_at:
+        return f"token {token_id} has expired"
+    if usages_left is not None and usages_left <= 0:
+        return f"token {token_id} has been used up"
+    return f"token {token_id} could not be used; try again"

@@ -3,10 +3,14 @@
 A file is named by (probe id, sequence, sha256). Its bytes accumulate in
 ``receiving/<probe_id>/<sequence:012d>.part`` next to a small ``.expect.json`` with the sha256 and
 size the upload announced, so a later stream (even after a server crash) resumes where the last
-one ended. Each chunk's CRC-32 is checked before it is written; when the file is complete its
-sha256 is computed and compared, the file is fsynced and renamed into
+one ended. Each chunk's CRC-32 is checked before it is written, and each written chunk goes
+into the file's sha256 at once (a resumed stream first hashes the prefix the server holds), so
+the file is never read again; its writeback to disk starts every ``writeback_bytes`` while it
+arrives. When the file is complete the sha256 is compared, the file is fsynced and renamed into
 ``landing/<probe_id>/<yyyy>/<mm>/<dd>/<sequence:012d>.pcap`` with its metadata in ``.json``, the
-directories are fsynced, and the catalog records it ``stored`` (the ingest queue's outbox).
+directories are fsynced, and the catalog records it ``stored`` (the ingest queue's outbox). Only
+then does the receipt say DURABLE. Partial uploads nobody resumed within ``part_retention_s`` are
+deleted by ``remove_abandoned_parts`` (the server runs it periodically).
 
 Paths are built only from the server-assigned probe id and the integer sequence, never from a
 string the client sent. The caller's probe id comes from its certificate.
@@ -22,11 +26,13 @@ import logging
 import os
 import re
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -56,6 +62,10 @@ EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 # Probe ids are assigned by the server ("p-" and hex); checked again before they name a directory.
 _SAFE_PROBE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
+_PART_NAME = re.compile(r"^(\d{12})\.part$")
+HASH_READ_BYTES = 1 << 20  # 1 MiB reads when hashing the prefix a resumed upload already holds
+# The abandoned-part sweep runs this often, or four times per retention period if that is shorter.
+PART_CLEANUP_INTERVAL_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -155,11 +165,14 @@ class UploadStore:
             self._check_quota(probe_id, sequence, size)
             start = first.header.start_offset_bytes
             self._begin(probe_id, metadata, start)
-            held = self._receive(self.layout.part(probe_id, sequence), size, start, first, stream)
-            if held < size:
-                log.info("upload of %s #%d paused at %d of %d bytes", probe_id, sequence, held, size)
-                return upload_pb2.UploadReceipt(sequence=sequence, size_bytes=held)
-            return self._land(probe_id, metadata)
+            part = self.layout.part(probe_id, sequence)
+            with PartWriter(part, start, self.settings.writeback_bytes) as writer:
+                _receive(writer, size, first, stream)
+                received_at = time.monotonic()
+            if writer.held < size:
+                log.info("upload of %s #%d paused at %d of %d bytes", probe_id, sequence, writer.held, size)
+                return upload_pb2.UploadReceipt(sequence=sequence, size_bytes=writer.held)
+            return self._land(probe_id, metadata, writer.sha256_hex(), received_at)
 
     def _checked_metadata(
         self, probe_id: str, metadata: capture_pb2.CaptureMetadata
@@ -206,16 +219,23 @@ class UploadStore:
     @contextmanager
     def _exclusive(self, probe_id: str, sequence: int) -> Iterator[None]:
         """One stream per (probe, sequence) at a time; a second one is refused, not queued."""
-        key = (probe_id, sequence)
-        with self._busy_lock:
-            if key in self._busy:
-                raise UploadBusy(f"file {sequence} is being uploaded on another stream; retry when it ends")
-            self._busy.add(key)
+        if not self._claim(probe_id, sequence):
+            raise UploadBusy(f"file {sequence} is being uploaded on another stream; retry when it ends")
         try:
             yield
         finally:
-            with self._busy_lock:
-                self._busy.discard(key)
+            self._release(probe_id, sequence)
+
+    def _claim(self, probe_id: str, sequence: int) -> bool:
+        with self._busy_lock:
+            if (probe_id, sequence) in self._busy:
+                return False
+            self._busy.add((probe_id, sequence))
+            return True
+
+    def _release(self, probe_id: str, sequence: int) -> None:
+        with self._busy_lock:
+            self._busy.discard((probe_id, sequence))
 
     def _already_durable(
         self, probe_id: str, sequence: int, sha256_hex: str, *, resolve: bool
@@ -264,36 +284,16 @@ class UploadStore:
         with open(part, "wb"):
             pass  # truncated: whatever an earlier, different upload left is gone
 
-    @staticmethod
-    def _receive(
-        part: Path,
-        size: int,
-        held: int,
-        first: upload_pb2.UploadChunk,
-        rest: Iterator[upload_pb2.UploadChunk],
-    ) -> int:
-        """Appends each verified chunk; returns the bytes held. What was written is fsynced even
-        when the stream fails, so GetOffset can report it."""
-        fd = os.open(part, os.O_WRONLY | os.O_APPEND)
-        try:
-            for index, chunk in enumerate(itertools.chain([first], rest)):
-                if index and chunk.HasField("header"):
-                    raise UploadRejected("only the first message of a Put may carry a header")
-                data = chunk.data
-                _check_chunk(data, chunk.data_crc32, held, size)
-                write_all(fd, data)
-                held += len(data)
-        finally:
-            os.fsync(fd)
-            os.close(fd)
-        return held
-
     # -- landing --------------------------------------------------------------------------------
 
-    def _land(self, probe_id: str, metadata: capture_pb2.CaptureMetadata) -> upload_pb2.UploadReceipt:
+    def _land(
+        self, probe_id: str, metadata: capture_pb2.CaptureMetadata, sha256_hex: str, received_at: float
+    ) -> upload_pb2.UploadReceipt:
+        """Lands a complete part file whose bytes hash to `sha256_hex` (computed as they arrived)
+        and whose last byte arrived at `received_at` (monotonic: the log says how long the fsyncs,
+        the move and the registry took after it)."""
         sequence = metadata.sequence
         part = self.layout.part(probe_id, sequence)
-        sha256_hex = sha256_of(part)
         if sha256_hex != metadata.sha256_hex:
             part.unlink()
             self.layout.expect(probe_id, sequence).unlink(missing_ok=True)
@@ -322,10 +322,56 @@ class UploadStore:
         self.layout.expect(probe_id, sequence).unlink(missing_ok=True)
         log.info(
             "file landed",
-            extra={"probe_id": probe_id, "sequence": sequence, "bytes": row.size_bytes, "path": relative},
+            extra={
+                "probe_id": probe_id,
+                "sequence": sequence,
+                "bytes": row.size_bytes,
+                "path": relative,
+                "durable_after_s": round(time.monotonic() - received_at, 4),
+            },
         )
         self.on_stored()
         return receipt_of(row, upload_pb2.DURABILITY_DURABLE)
+
+    # -- abandoned partial uploads ----------------------------------------------------------------
+
+    @property
+    def cleanup_interval_s(self) -> float:
+        return min(PART_CLEANUP_INTERVAL_S, self.settings.part_retention_s / 4)
+
+    def remove_abandoned_parts(self, now: float | None = None) -> int:
+        """Deletes partial uploads (and their ``.expect.json``) untouched for ``part_retention_s``;
+        returns how many. A part being received right now is left alone whatever its age."""
+        cutoff = (time.time() if now is None else now) - self.settings.part_retention_s
+        removed, freed = 0, 0
+        for probe_dir in sorted(p for p in self.layout.receiving.iterdir() if p.is_dir()):
+            if not _SAFE_PROBE_ID.match(probe_dir.name):
+                continue  # not a directory this server made
+            sizes = [self._remove_part_if_older(part, cutoff) for part in sorted(probe_dir.glob("*.part"))]
+            for expect in probe_dir.glob("*.expect.json"):  # left by a crash before its part existed
+                if not expect.with_name(expect.name.replace(".expect.json", ".part")).exists():
+                    _remove_if_older(expect, cutoff)
+            gone = [size for size in sizes if size is not None]
+            if gone:
+                fsync_directory(probe_dir)
+            removed, freed = removed + len(gone), freed + sum(gone)
+        level = logging.INFO if removed else logging.DEBUG
+        log.log(level, "removed %d abandoned partial uploads (%d bytes) older than %g s", removed, freed,
+                self.settings.part_retention_s)  # fmt: skip
+        return removed
+
+    def _remove_part_if_older(self, part: Path, cutoff: float) -> int | None:
+        """Under the file's stream lock, so a probe resuming right now keeps it; its size if removed."""
+        match = _PART_NAME.match(part.name)
+        if match is None or not self._claim(part.parent.name, int(match.group(1))):
+            return None
+        try:
+            size = _remove_if_older(part, cutoff)
+            if size is not None:
+                part.with_name(part.name.replace(".part", ".expect.json")).unlink(missing_ok=True)
+            return size
+        finally:
+            self._release(part.parent.name, int(match.group(1)))
 
     # -- recovery -------------------------------------------------------------------------------
 
@@ -360,6 +406,88 @@ class UploadStore:
 
 
 # -- plain helpers -------------------------------------------------------------------------------
+
+
+class PartWriter:
+    """Appends to a part file that holds `held` bytes, hashing each chunk as it is written.
+
+    The prefix a resumed upload already holds is hashed from the file once, before the first new
+    chunk. Every `writeback_bytes` the kernel is asked to start writing the new bytes out
+    (``posix_fadvise(DONTNEED)`` starts writeback of the range without waiting for it, and lets the
+    page cache drop those pages once clean: the server does not read them again), so that the fsync
+    on close, which the receipt waits for, finds at most that much left. Closing fsyncs whatever was
+    written, even after an error, so that GetOffset can report it.
+    """
+
+    def __init__(self, path: Path, held: int, writeback_bytes: int) -> None:
+        self.path = path
+        self.held = held
+        self.writeback_bytes = writeback_bytes
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        self._sha256: hashlib._Hash | None = None
+        self._written_back = held  # the start of the bytes whose writeback has not been started
+
+    def __enter__(self) -> PartWriter:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            os.fsync(self._fd)
+        finally:
+            os.close(self._fd)
+
+    def append(self, data: bytes) -> None:
+        sha256 = self._hash()
+        write_all(self._fd, data)
+        sha256.update(data)
+        self.held += len(data)
+        if self.writeback_bytes and self.held - self._written_back >= self.writeback_bytes:
+            os.posix_fadvise(self._fd, self._written_back, self.held - self._written_back,
+                             os.POSIX_FADV_DONTNEED)  # fmt: skip
+            self._written_back = self.held
+
+    def sha256_hex(self) -> str:
+        return self._hash().hexdigest()
+
+    def _hash(self) -> hashlib._Hash:
+        if self._sha256 is None:
+            self._sha256 = hashlib.sha256()
+            with open(self.path, "rb") as stream:
+                remaining = self.held
+                while remaining > 0:
+                    block = stream.read(min(HASH_READ_BYTES, remaining))
+                    if not block:
+                        break  # shorter than announced: the sha256 cannot match, and says so
+                    self._sha256.update(block)
+                    remaining -= len(block)
+        return self._sha256
+
+
+def _receive(
+    writer: PartWriter, size: int, first: upload_pb2.UploadChunk, rest: Iterator[upload_pb2.UploadChunk]
+) -> None:
+    """Appends each verified chunk of the stream."""
+    for index, chunk in enumerate(itertools.chain([first], rest)):
+        if index and chunk.HasField("header"):
+            raise UploadRejected("only the first message of a Put may carry a header")
+        data = chunk.data
+        _check_chunk(data, chunk.data_crc32, writer.held, size)
+        if data:
+            writer.append(data)
+
+
+def _remove_if_older(path: Path, cutoff: float) -> int | None:
+    """Removes `path` if it was last modified before `cutoff`; returns its size then, else None."""
+    try:
+        stat = path.stat()
+        if stat.st_mtime >= cutoff:
+            return None
+        path.unlink()
+    except FileNotFoundError:
+        return None
+    return stat.st_size
 
 
 def _check_chunk(data: bytes, crc32: int, offset: int, size: int) -> None:

@@ -17,6 +17,9 @@ from support.probe_process import TEST_UDP_PORT
 
 SLOW_UPLOADS = {
     "SURVEY6_DELIVERY__LINK_CAPACITY_BPS": "1000000",  # uploads at half of it: about 60 kB/s
+    # The monitor watches an interface that carries nothing: on lo it would count every process's
+    # loopback traffic (other tests on a shared machine) and slow the upload to its floor.
+    "SURVEY6_DELIVERY__INTERFACE": "s6-no-such-if",
     "SURVEY6_DELIVERY__CHUNK_BYTES": "16KiB",
     "SURVEY6_CAPTURE__ROTATE_INTERVAL_S": "2",
 }
@@ -24,6 +27,7 @@ SLOW_UPLOADS = {
 
 def test_upload_resumes_after_the_server_is_killed(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path, heartbeat_interval_s=0.5)
+    server.env["SURVEY6_HTTP_LISTEN"] = "127.0.0.1:0"  # not the web UI's fixed port: others may hold it
     agent = ProbeAgent(tmp_path, "probe")
     agent.env.update(SLOW_UPLOADS)
     server.start()
@@ -33,7 +37,10 @@ def test_upload_resumes_after_the_server_is_killed(tmp_path: Path) -> None:
         with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
             for index in range(400):  # about 500 kB of capture: several seconds of upload
                 sock.sendto(index.to_bytes(8, "big") + bytes(1192), ("::1", TEST_UDP_PORT))
-        ready = wait_for(lambda: sorted((agent.spool / "ready").glob("*.pcap")), 15, "a sealed file")
+        # The packets' file, not an empty one sealed before they came (rotation every 2 s).
+        ready_dir = agent.spool / "ready"
+        ready = wait_for(lambda: [p for p in ready_dir.glob("*.pcap") if p.stat().st_size > 100_000], 15,
+                         "a sealed file with the packets")  # fmt: skip
         big = max(ready, key=lambda p: p.stat().st_size)
         sha256 = json.loads(big.with_suffix(".json").read_text())["sha256_hex"]
         assert server.cli("probes", "command", agent.probe_id, "upload-now").returncode == 0

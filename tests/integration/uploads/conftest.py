@@ -29,6 +29,7 @@ def make_server(tmp_path: Path, redis_url: str) -> Iterator[Callable[..., Upload
             data_dir=data_dir,
             grpc_listen="127.0.0.1:0",
             enrol_listen="127.0.0.1:0",
+            http_listen="127.0.0.1:0",
             redis_url=redis_url,
             uploads=UploadSettings(**uploads),
             queue=QueueSettings(drain_interval_s=DRAIN_INTERVAL_S),

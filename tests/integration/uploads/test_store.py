@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
+from support.fleet_processes import wait_for
 from support.upload_client import header, make_capture, stream
 from survey6.server import catalog
 from survey6.server.errors import OffsetMismatch, UploadCorrupt, UploadForbidden, UploadRejected
@@ -125,3 +129,71 @@ def test_a_sha256_mismatch_names_both_hashes(store: UploadStore) -> None:
         store.put(PROBE_ID, stream(capture))
     assert not store.layout.part(PROBE_ID, 4).exists()
     assert not store.layout.expect(PROBE_ID, 4).exists()
+
+
+def test_a_resumed_upload_hashes_the_prefix_the_server_holds(
+    tmp_path: Path, sessions: sessionmaker[Session]
+) -> None:
+    """The sha256 is computed as chunks arrive; a resumed stream hashes the held prefix from the disk
+    first, so a prefix damaged between the streams is caught, and one intact across a restart lands."""
+    layout = Layout(receiving=tmp_path / "receiving", landing=tmp_path / "landing")
+    layout.create()
+    settings = UploadSettings(writeback_bytes=64 << 10)  # the writeback path, every 64 KiB
+    store = UploadStore(sessions, layout, settings)
+    good, bad = make_capture(10, packets=400), make_capture(11, packets=400)
+    half = len(good.data) // 2
+    store.put(PROBE_ID, stream(good, 0, half))
+    store.put(PROBE_ID, stream(bad, 0, half))
+    with open(layout.part(PROBE_ID, 11), "r+b") as part:
+        part.seek(1000)
+        part.write(bytes([bad.data[1000] ^ 0xFF]))
+
+    restarted = UploadStore(sessions, layout, settings)
+    assert restarted.put(PROBE_ID, stream(good, half)).durability == upload_pb2.DURABILITY_DURABLE
+    assert (layout.landing / PROBE_ID / "2024/05/06/000000000010.pcap").read_bytes() == good.data
+    with pytest.raises(UploadCorrupt, match="sha256 mismatch"):
+        restarted.put(PROBE_ID, stream(bad, half))
+    assert not layout.part(PROBE_ID, 11).exists()
+
+
+def test_abandoned_parts_go_after_their_retention_but_not_while_resumed(
+    tmp_path: Path, sessions: sessionmaker[Session]
+) -> None:
+    layout = Layout(receiving=tmp_path / "receiving", landing=tmp_path / "landing")
+    layout.create()
+    store = UploadStore(sessions, layout, UploadSettings(part_retention_s=3600))
+    old, recent, resumed = make_capture(20), make_capture(21), make_capture(22)
+    for capture in (old, recent, resumed):
+        store.put(PROBE_ID, stream(capture, 0, 5000))
+    two_hours_ago = time.time() - 7200
+    for sequence in (20, 22):
+        os.utime(layout.part(PROBE_ID, sequence), (two_hours_ago, two_hours_ago))
+    orphan = layout.expect(PROBE_ID, 23)  # a crash between the .expect.json and its part
+    orphan.write_text("{}")
+    os.utime(orphan, (two_hours_ago, two_hours_ago))
+
+    # File 22 is being resumed right now: its stream holds the file until it ends.
+    release = threading.Event()
+
+    def resuming() -> Iterator[upload_pb2.UploadChunk]:
+        yield header(resumed, 5000)
+        release.wait(30)
+
+    receiver = threading.Thread(target=lambda: store.put(PROBE_ID, resuming()), daemon=True)
+    receiver.start()
+    wait_for(lambda: (PROBE_ID, 22) in store._busy, 10, "the resumed stream to hold file 22")
+    try:
+        assert store.remove_abandoned_parts() == 1
+    finally:
+        release.set()
+        receiver.join(timeout=30)
+
+    assert not layout.part(PROBE_ID, 20).exists() and not layout.expect(PROBE_ID, 20).exists()
+    assert not orphan.exists()
+    offsets = {
+        c.metadata.sequence: store.get_offset(PROBE_ID, c.offset_request()).offset_bytes
+        for c in (old, recent, resumed)
+    }
+    assert offsets == {20: 0, 21: 5000, 22: 5000}  # the probes of 21 and 22 keep their offsets
+    assert store.put(PROBE_ID, stream(old)).durability == upload_pb2.DURABILITY_DURABLE
+    assert store.remove_abandoned_parts(now=time.time() + 7200) == 2  # nobody came back for 21, 22

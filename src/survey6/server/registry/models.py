@@ -58,8 +58,11 @@ class Probe(Base):
     cert_not_after: Mapped[dt.datetime]
     enrolled_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     left_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    # Written behind (every few seconds) by the running server, which holds the live values.
     last_heartbeat_at: Mapped[dt.datetime | None] = mapped_column(default=None)
-    # The last heartbeat as JSON (protobuf field names), for the list and detail views.
+    # The health report of the last history sample as JSON (protobuf field names), for the list
+    # and detail views: at most the fleet's history interval old, and never behind a change of
+    # capture health (see survey6.server.fleet).
     last_health: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # Last computed liveness state; a change is recorded as an event.
     state: Mapped[str] = mapped_column(String(16), default="offline")
@@ -111,7 +114,8 @@ class Command(Base):
 
 
 class HeartbeatSample(Base):
-    """Health history for the charts: one row per probe per write-behind flush."""
+    """Health history for the charts: one row per probe per history interval (30 s), and one at
+    each change of its capture health."""
 
     __tablename__ = "heartbeat_samples"
     __table_args__ = (Index("ix_samples_probe_at", "probe_id", "at"),)
