@@ -49,7 +49,8 @@ def test_online_then_stale_then_offline_then_online_again(
     # the first heartbeat goes out at start; online well within two intervals of it
     assert time.monotonic() - started < 10
     agent.stop(kill=True)
-    wait_for(lambda: server.state_of(agent.probe_id) == "stale", 10, "stale")
+    # stale lasts 1.5 s here, about as long as one `probes list` takes: read the events instead
+    wait_for(lambda: "stale" in state_events(server, agent.probe_id), 10, "stale")
     wait_for(lambda: server.state_of(agent.probe_id) == "offline", 10, "offline")
     agent.start()
     wait_for(lambda: server.state_of(agent.probe_id) == "online", 10, "online again")

@@ -145,7 +145,10 @@ def test_commands_are_validated(sessions: sessionmaker[Session]) -> None:
 
 def test_liveness_states() -> None:
     now = utcnow()
-    ago = lambda s: now - dt.timedelta(seconds=s)  # noqa: E731
+
+    def ago(seconds: float) -> dt.datetime:
+        return now - dt.timedelta(seconds=seconds)
+
     kwargs = {"stale_after_s": 10.0, "offline_after_s": 60.0}
     capturing = control_pb2.CAPTURE_STATE_CAPTURING
     assert liveness.liveness_state(now, ago(1), capturing, left=False, **kwargs) == "online"
