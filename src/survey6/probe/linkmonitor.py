@@ -122,8 +122,11 @@ class LinkMonitor:
         and at high rates ate 24 Mbit/s of received traffic), nor other sent traffic beyond the
         upload's bytes still in flight at the end of a sample (which count next time). What is
         left over, the upload's headers and framing (~0.3 % as a veth counts them, ~5 % on a
-        1500-byte MTU) and the server's ACKs on rx (~1-2 %), counts as other traffic: the error is
-        on the busy side, a few percent of the upload's own rate.
+        1500-byte MTU) and the server's ACKs on rx (~2-4 %), counts as other traffic: the error is
+        on the busy side, 5-10 % of the upload's own rate. The price: an upload at half an idle
+        link's capacity adds up to ~0.05 of it to the utilisation, so while it runs the link turns
+        busy from ~0.05 of other traffic instead of the threshold's 0.1 (the upload pauses early;
+        it never runs on over traffic it cannot see).
 
         Bytes released at the end of one sample may leave in the next, so what has not been seen
         is carried over one sample. If it still has not left by then, the upload does not (all) go

@@ -47,7 +47,10 @@ RATE_WINDOW_S = 1.0
 # A chunk carries at most this long at the current rate, so that a chunk released at once does not
 # make a short window much busier than the limit (100 ms windows stay within ~1.2 x of it).
 PIECE_S = 0.02
-MIN_PIECE_BYTES = 1024  # below this the framing would cost more than 5 %
+# Each chunk brings ~50 bytes of framing, its own TCP segments' headers and an ACK back, which the
+# link monitor counts as other traffic (see LinkMonitor._own_on_the_wire): at slow rates, chunks of
+# at least this size keep that near 10 % of the upload's rate (1 KiB chunks made it ~17 %).
+MIN_PIECE_BYTES = 4096
 # Bytes a chunk costs on the link, as the bucket counts them: TCP, IPv6 and Ethernet headers take
 # 86 bytes of each 1500-byte frame (6 %), and each chunk has protobuf, gRPC, HTTP/2 and TLS
 # framing. Charged in full, so the limit holds on the wire and not only for the file's bytes.
