@@ -126,9 +126,9 @@ def test_small_files_share_one_bucket_and_never_pass_the_limit(
     assert sum(size for _, size in monitor.released) == total
     for window_s in (1.0, 2.0, 5.0):
         assert most_in_a_window(monitor.released, window_s) <= LIMIT_BYTES_PER_S * window_s
-    assert (
-        sum(wire_cost(size) for _, size in monitor.released) / (link.now - started) > 0.9 * LIMIT_BYTES_PER_S
-    )
+    # ...and not far under it: the bucket gives up one chunk's budget per second (4 KiB of 50 kB).
+    elapsed_s = link.now - started
+    assert sum(wire_cost(size) for _, size in monitor.released) / elapsed_s > 0.85 * LIMIT_BYTES_PER_S
 
 
 def test_an_upload_pauses_within_about_a_second_of_the_link_turning_busy(
