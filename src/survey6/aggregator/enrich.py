@@ -42,10 +42,10 @@ def read_sidecar(capture: str | os.PathLike[str]) -> capture_pb2.CaptureMetadata
     """
     path = sidecar_path(capture)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()  # decoded by from_json: bytes that are not UTF-8 are a MetadataError
     except FileNotFoundError:
         return None
-    return capture_metadata.from_json(text, source=str(path))
+    return capture_metadata.from_json(data, source=str(path))
 
 
 def enrich_file(

@@ -30,12 +30,13 @@ from rq import Queue, SimpleWorker
 
 from survey6.aggregator.discovery import PROBE_ID, Capture
 from survey6.aggregator.engines import Engine, open_engine
+from survey6.aggregator.enrich import read_sidecar
 from survey6.aggregator.errors import AggregatorError
 from survey6.aggregator.ledger import Ledger, PartitionKey
 from survey6.aggregator.pipeline import FileOutcome, aggregate_dirty, cleanup, ingest_file
 from survey6.aggregator.quarantine import Quarantine
 from survey6.aggregator.settings import AggregatorSettings
-from survey6.common.errors import ConfigError
+from survey6.common.errors import ConfigError, MetadataError
 
 log = logging.getLogger(__name__)
 
@@ -194,9 +195,24 @@ def landed_capture(
 
 
 def result_message(
-    probe_id: Any, sequence: Any, sha256_hex: Any, state: str, detail: str, packets: int = 0
+    probe_id: Any,
+    sequence: Any,
+    sha256_hex: Any,
+    state: str,
+    detail: str,
+    packets: int = 0,
+    *,
+    rows: int = 0,
+    skipped: int = 0,
+    quarantined: bool = False,
+    claimed_packets: int = -1,
 ) -> dict[str, Any]:
-    """The message of docs/ingest-queue.md; values from a refused job are passed through as JSON."""
+    """The message of docs/ingest-queue.md; values from a refused job are passed through as JSON.
+
+    ``rows`` are the rows written to the ``packets`` dataset and ``skipped`` the records that did not
+    become rows (an ingested file); ``claimed_packets`` is what a quarantined file's sidecar says it
+    holds (-1: unknown). The audit (docs/audit.md) balances the catalog's packets against them.
+    """
     return {
         "probe_id": probe_id if isinstance(probe_id, str) else repr(probe_id),
         "sequence": sequence if isinstance(sequence, int) else repr(sequence),
@@ -204,6 +220,10 @@ def result_message(
         "state": state,
         "detail": detail,
         "packets": packets,
+        "rows": rows,
+        "skipped": skipped,
+        "quarantined": quarantined,
+        "claimed_packets": claimed_packets,
     }
 
 
@@ -214,7 +234,16 @@ def outcome_message(outcome: FileOutcome, sha256_hex: str) -> dict[str, Any]:
         detail = f"{outcome.rows} rows of {outcome.packets} packets; skipped: {skipped}"
         if outcome.state == "already-ingested":
             detail = f"already ingested: {detail}"
-        return result_message(probe_id, sequence, sha256_hex, INGESTED, detail, outcome.packets)
+        return result_message(
+            probe_id,
+            sequence,
+            sha256_hex,
+            INGESTED,
+            detail,
+            outcome.packets,
+            rows=outcome.rows,  # what write_packets wrote (the ledger's rows_written), not what parsed
+            skipped=sum(outcome.skipped.values()),
+        )
     if outcome.state == "unreadable":
         return result_message(probe_id, sequence, sha256_hex, FAILED, outcome.detail)
     return result_message(
@@ -224,7 +253,18 @@ def outcome_message(outcome: FileOutcome, sha256_hex: str) -> dict[str, Any]:
         FAILED,
         f"quarantined ({outcome.reason}): {outcome.detail}",
         outcome.packets,
+        quarantined=True,
+        claimed_packets=claimed_packets(outcome.capture.path),
     )
+
+
+def claimed_packets(path: Path) -> int:
+    """The packet count a capture's sidecar claims; -1 when it has none or it is not valid metadata."""
+    try:
+        metadata = read_sidecar(path)
+    except (MetadataError, OSError):
+        return -1
+    return -1 if metadata is None else int(metadata.packets)
 
 
 def report(context: WorkerContext, message: dict[str, Any]) -> None:

@@ -64,6 +64,7 @@ OPT_IF_TSRESOL = 9
 OPT_IF_TSOFFSET = 14
 NS_PER_S = 1_000_000_000
 DEFAULT_TS_UNITS_PER_S = 1_000_000  # pcapng's default if_tsresol is 6: microseconds
+MAX_TS_OFFSET_S = (1 << 63) // NS_PER_S // 2  # an if_tsoffset of ±146 years leaves int64 ns room
 _ORDERS = {b"\x4d\x3c\x2b\x1a": "<", b"\x1a\x2b\x3c\x4d": ">"}
 
 
@@ -267,10 +268,16 @@ class _Walk:
             elif btype in (BLOCK_PB, BLOCK_SPB):
                 append(off)
             off += blen
-        if offsets and offsets[-1] + head(data, offsets[-1])[1] > len(data):
+        if offsets and offsets[-1] + self._packet_length(offsets[-1]) > len(data):
             off = offsets.pop()  # the last packet block runs past the end of the file
             self.truncated = 1
         self.end = min(off, len(data))
+
+    def _packet_length(self, off: int) -> int:
+        # In the byte order of the packet's own section: later sections may have another one.
+        order = next(s.order for s in reversed(self.sections) if s.first_packet < len(self.offsets))
+        length: int = struct.unpack_from(order + "I", self.data, off + 4)[0]
+        return length
 
     def _interface(self, off: int, blen: int) -> Interface:
         order = self.sections[-1].order
@@ -287,7 +294,7 @@ class _Walk:
             elif code == OPT_IF_TSRESOL and value:
                 units_per_s = _units_per_s(value[0], self.source)
             elif code == OPT_IF_TSOFFSET and len(value) == 8:
-                offset_s = struct.unpack(order + "q", value)[0]
+                offset_s = _offset_s(struct.unpack(order + "q", value)[0], self.source)
             pos += 4 + length + (-length & 3)
         return Interface(link_type, snaplen, name, units_per_s, offset_s)
 
@@ -338,6 +345,13 @@ class _Walk:
         valid = np.where(fits & (local < n_local), np.where(spb, 1, 2), 0)
         units = (ts_high << 32) | ts_low
         return [data_offsets, captured, wire, local + section.first_interface, units, valid]
+
+
+def _offset_s(offset_s: int, source: str) -> int:
+    # Added to int64 ns timestamps: an offset whose ns do not fit cannot name a time.
+    if abs(offset_s) > MAX_TS_OFFSET_S:
+        raise ParseError(f"{source}: interface timestamp offset {offset_s} s is out of range")
+    return offset_s
 
 
 def _units_per_s(tsresol: int, source: str) -> int:

@@ -22,6 +22,10 @@ PCAP_RECORD_HEADER_BYTES = 16
 SIDECAR_SUFFIX = ".json"
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _FILE_FORMATS = frozenset({"pcap", "pcapng"})
+# The registry and the aggregator's ledger store these uint64 fields as signed 64-bit integers.
+MAX_STORED_INT = (1 << 63) - 1
+_STORED_INT_FIELDS = ("sequence", "packets", "captured_bytes", "file_size_bytes")
+MAX_REASON_CHARS = 200
 
 
 def to_json(metadata: capture_pb2.CaptureMetadata) -> str:
@@ -30,8 +34,8 @@ def to_json(metadata: capture_pb2.CaptureMetadata) -> str:
     )
 
 
-def from_json(text: str, source: str = "metadata") -> capture_pb2.CaptureMetadata:
-    """Parses and validates a sidecar.
+def from_json(text: str | bytes, source: str = "metadata") -> capture_pb2.CaptureMetadata:
+    """Parses and validates a sidecar (bytes must be UTF-8).
 
     Raises:
         MetadataError: not JSON, unknown fields, wrong types, or inconsistent values.
@@ -40,9 +44,17 @@ def from_json(text: str, source: str = "metadata") -> capture_pb2.CaptureMetadat
     try:
         json_format.Parse(text, metadata, ignore_unknown_fields=False)
     except (json_format.ParseError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MetadataError(f"{source}: not valid capture metadata: {exc}") from exc
+        raise MetadataError(f"{source}: not valid capture metadata: {_one_line(str(exc))}") from exc
     validate(metadata, source)
     return metadata
+
+
+def _one_line(reason: str) -> str:
+    """protobuf's reason without the list of every field it appends on a second line, and cut short:
+    the input's own text (a field name, a value) may be in it, and every error is one line."""
+    lines = reason.strip().splitlines() or [""]
+    first = lines[0]
+    return first if len(first) <= MAX_REASON_CHARS else first[:MAX_REASON_CHARS] + "…"
 
 
 def validate(metadata: capture_pb2.CaptureMetadata, source: str = "metadata") -> None:
@@ -51,7 +63,11 @@ def validate(metadata: capture_pb2.CaptureMetadata, source: str = "metadata") ->
     Raises:
         MetadataError: naming the first field that is wrong.
     """
-    problems = []
+    problems = [
+        f"{name} {getattr(metadata, name)} is larger than {MAX_STORED_INT}"
+        for name in _STORED_INT_FIELDS
+        if getattr(metadata, name) > MAX_STORED_INT
+    ]
     if metadata.schema_version != SCHEMA_VERSION:
         problems.append(f"schema_version {metadata.schema_version} is not {SCHEMA_VERSION}")
     if metadata.sequence < 1:

@@ -29,7 +29,7 @@ from survey6.probe.errors import AgentError, ProbeError
 from survey6.probe.identity import Credentials, Identity
 from survey6.probe.linkmonitor import LinkMonitor
 from survey6.probe.settings import ProbeSettings
-from survey6.probe.spool import Spool
+from survey6.probe.spool import LEFT_IN_RING, Spool
 from survey6.probe.uploader import Uploader
 from survey6.wire.v1 import control_pb2, control_pb2_grpc, upload_pb2_grpc
 
@@ -39,6 +39,9 @@ HEARTBEAT_DEADLINE_S = 10.0
 MAX_BACKOFF_S = 60.0
 REMEMBERED_COMMANDS = 1000
 MAX_MESSAGE_BYTES = 2 << 20  # an upload chunk (at most 1 MiB) and its header
+# Loss records per heartbeat at most (each ~100 bytes): a long outage's backlog drains over a few
+# beats instead of making one heartbeat large.
+MAX_LOSSES_PER_HEARTBEAT = 100
 
 
 def own_traffic_filter(identity: Identity) -> str:
@@ -51,6 +54,28 @@ def own_traffic_filter(identity: Identity) -> str:
     hosts = sorted({str(info[4][0]).split("%")[0] for info in infos})
     port_part = " or ".join(f"tcp port {p}" for p in ports)
     return " or ".join(f"(ip6 host {h} and ({port_part}))" for h in hosts)
+
+
+def loss_message(record: dict[str, Any]) -> control_pb2.SpoolLoss:
+    """One record of the spool's loss log as it travels on the heartbeat."""
+    message = control_pb2.SpoolLoss(
+        id=int(record["id"]),
+        time_ns=int(record.get("time_ns") or 0),
+        kind=str(record["kind"]),
+        reason=str(record.get("reason") or ""),
+        sequence=int(record.get("sequence") or 0),
+        packets=int(record.get("packets") or 0),
+        interface=str(record.get("interface") or ""),
+        after_sequence=int(record.get("after_sequence") or 0),
+        repaired=bool(record.get("repaired")),
+    )
+    kernel = record.get("kernel")
+    if isinstance(kernel, dict):
+        message.kernel_delta.SetInParent()  # present even when every count is 0: the counts are known
+        message.kernel_delta.received_packets = int(kernel.get("received", 0))
+        message.kernel_delta.dropped_packets = int(kernel.get("dropped", 0))
+        message.kernel_delta.interface_dropped_packets = int(kernel.get("interface_dropped", 0))
+    return message
 
 
 @dataclass
@@ -193,6 +218,8 @@ class Agent:
             for thread in self._threads:
                 thread.thread.join()
             for capture in self.captures:
+                self._record_ring_leftover(capture)
+            for capture in self.captures:
                 carried = self._carried.setdefault(capture.options.interface, [0, 0, 0, 0])
                 kernel = capture.status.kernel
                 carried[0] += capture.status.packets_written
@@ -200,6 +227,33 @@ class Agent:
                 carried[2] += kernel.dropped
                 carried[3] += kernel.interface_dropped
             self.captures, self._threads = [], []
+
+    def _record_ring_leftover(self, capture: Capture) -> None:
+        """Records what a stopped capture's last kernel window counted but nobody wrote (docs/audit.md).
+
+        The kernel counts a packet when it enters the ring; at a rotation the ring's packets go into
+        the next file, but at a stop they go nowhere. The capture's first window starts at the handle's
+        activation, so over its life the kernel's count less its drops, what was written and what was
+        read while the spool was full leaves exactly them. They are recorded as lost (kind
+        ``left-in-ring``) in the run of the capture's last file.
+        """
+        status = capture.status
+        kernel = status.kernel
+        leftover = kernel.received - kernel.dropped - status.packets_written - status.packets_lost_spool_full
+        if leftover <= 0 or not status.last_sealed_sequence or self.spool is None:
+            return
+        self.spool.record_lost_packets(
+            leftover,
+            "capture stopped: packets left in the kernel ring",
+            interface=capture.options.interface,
+            after_sequence=status.last_sealed_sequence - 1,
+            kind=LEFT_IN_RING,
+        )
+        log.warning(
+            "capture stopped with %d packets in the kernel ring; recorded as lost",
+            leftover,
+            extra={"interface": capture.options.interface},
+        )
 
     def capture_state(self) -> control_pb2.CaptureState.ValueType:
         with self._lock:
@@ -253,6 +307,8 @@ class Agent:
         self.last_heartbeat_ok = time.monotonic()
         if response.heartbeat_interval_ms:
             self.interval_s = response.heartbeat_interval_ms / 1000
+        if response.losses_acknowledged_through and self.spool is not None:
+            self.spool.acknowledge_losses(response.losses_acknowledged_through)
         for command in response.commands:
             self._handle(stub, command)
         return self.interval_s
@@ -284,10 +340,16 @@ class Agent:
                 lost_files_total=state.lost_files_total,
                 lost_packets_total=state.lost_packets_total,
                 last_sealed_sequence=state.last_sequence,
+                backlog_first_sequence=usage.oldest_ready_sequence,
+                losses_recorded_total=self.spool.losses_recorded_total,
+                losses_acknowledged_through=state.losses_acknowledged_through,
             ),
             upload=self._upload_health(),
         )
         request.interfaces.extend(self._interface_health())
+        request.losses.extend(
+            loss_message(r) for r in self.spool.unacknowledged_losses(MAX_LOSSES_PER_HEARTBEAT)
+        )
         return request
 
     def _upload_health(self) -> control_pb2.UploadHealth:

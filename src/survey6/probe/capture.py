@@ -170,8 +170,11 @@ class Capture:
         self._waiting_seal: list[int] = []
         self._seal_progress = threading.Condition()  # notified each time a file leaves _waiting_seal
         self._seal_error: BaseException | None = None
-        # Kernel counters where the last file ended: the next file's window starts exactly there.
-        self._kernel_mark: KernelStats | None = None
+        # Kernel counters where the last file ended: the next file's window starts exactly there. The
+        # handle's counters start at 0 when it is activated, and so does the first window: a mark read
+        # later would leave out packets the ring already held, which the first file then writes
+        # (docs/audit.md).
+        self._kernel_mark: KernelStats | None = None if handle.is_offline else KernelStats(0, 0, 0)
         # The same for the link's byte counters: packets that arrive between a hand-off and the next
         # file's start wait in the ring and land in that next file, so its link count starts there
         # too. Files then tile time: no traffic is counted twice or left out. None at the start and
@@ -226,7 +229,6 @@ class Capture:
         """
         self.status.state = "capturing"
         if not self.handle.is_offline:
-            self._kernel_mark = self.handle.stats()
             threading.Thread(
                 target=self._alarm_loop, name=f"alarm-{self.options.interface}", daemon=True
             ).start()
@@ -263,7 +265,9 @@ class Capture:
         current = self._begin_file()
         self._to_seal.put(_SYNC_RESERVATIONS)  # the reservation's fsync, off this thread
         end_of_input = False
-        next_space_check = self.clock_ns() + SPACE_CHECK_INTERVAL_NS
+        # On the monotonic clock: a step back of the wall clock must not hold the spool checks off
+        # (the soak saw a small spool fill to ENOSPC that way, which failed the capture).
+        next_space_check = time.monotonic_ns() + SPACE_CHECK_INTERVAL_NS
         try:
             while True:
                 offset = current.dumper.tell()
@@ -287,8 +291,8 @@ class Capture:
                 now = self.clock_ns()
                 if not self.handle.is_offline and now >= current.window_end_ns:
                     break
-                if now >= next_space_check:
-                    next_space_check = now + SPACE_CHECK_INTERVAL_NS
+                if time.monotonic_ns() >= next_space_check:
+                    next_space_check = time.monotonic_ns() + SPACE_CHECK_INTERVAL_NS
                     if self.spool.is_full() and not self.spool.make_room():
                         break  # seal what we have; the next round pauses
         except BaseException:
@@ -546,7 +550,9 @@ class Capture:
 
     def _flush_paused_losses(self) -> None:
         if self._paused_lost:
-            self.spool.record_lost_packets(self._paused_lost, f"spool full ({self.spool.policy})")
+            self.spool.record_lost_packets(
+                self._paused_lost, f"spool full ({self.spool.policy})", interface=self.options.interface
+            )
             self._paused_lost = 0
 
 

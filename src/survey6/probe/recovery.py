@@ -3,7 +3,8 @@
 Every packet that reached the disk is kept: a part file is cut back to its last whole record, sealed
 with metadata flagged ``repaired`` and shipped like any other. A part file whose header never made it
 to disk is rewritten as an empty capture, so that its sequence number is used and numbering stays
-gapless. The kernel counters of a crashed window are unknown (the process that held them is gone)
+gapless. The packet of a partial last record is recorded as a loss (kind ``truncated-record``) before
+it is cut. The kernel counters of a crashed window are unknown (the process that held them is gone)
 and are reported as zero. A part info that a machine crash emptied or lost (it is fsynced just after
 its file begins, off the capture thread: see ``Spool.begin_file``) leaves the interface unknown; the
 file is sealed with what its own header says.
@@ -47,6 +48,7 @@ def _recover(spool: Spool, sequence: int, provenance: Provenance) -> ReadyFile:
         _write_empty_capture(part, info)
         rewritten = True
     try:
+        _record_truncation(spool, sequence, part)
         repair = repair_truncated(part)
         scan = scan_records(part)
     except PcapFileError as exc:
@@ -103,6 +105,21 @@ def _recover(spool: Spool, sequence: int, provenance: Provenance) -> ReadyFile:
         },
     )
     return ready
+
+
+def _record_truncation(spool: Spool, sequence: int, part: Path) -> None:
+    """Records the packet a partial last record loses, before the repair cuts it (docs/audit.md).
+
+    Recorded first, so that a crash during the repair cannot leave a cut without its loss; the
+    record is idempotent, so a repair that runs again does not count it twice.
+
+    Raises:
+        PcapFileError: the file is not a readable classic pcap.
+    """
+    scan = scan_records(part)
+    cut = scan.file_bytes - scan.valid_end_offset
+    if cut:
+        spool.record_truncated_record(sequence, cut, corrupt=scan.corrupt)
 
 
 def _read_info(spool: Spool, sequence: int) -> dict[str, Any]:

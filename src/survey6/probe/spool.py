@@ -4,7 +4,7 @@ Layout of the spool directory::
 
     .lock                   held (flock) by the one process writing this spool
     state.json              highest sequence sealed, loss and delivery counters
-    losses.jsonl            one line per loss: when, why, which sequence, how many packets
+    losses.jsonl            one line per loss: id, kind, when, why, which sequence, how many packets
     open/<seq>.part         a capture file being written
     open/<seq>.part.json    what sealing it needs if the writer dies (interface, window, ...)
     ready/<seq>.pcap        sealed files, oldest sequence first, each with
@@ -13,6 +13,10 @@ Layout of the spool directory::
 Sequence numbers are per probe and gapless: the next one is one more than the highest seen in
 ``state.json``, ``open/`` and ``ready/``. A file leaves ``ready/`` only through :meth:`Spool.delivered`
 (the server confirmed it durable) or through the drop-oldest policy, which records the loss.
+
+Loss records (``docs/audit.md``): each line of ``losses.jsonl`` has an id, its line number from 1.
+The heartbeat carries the records above ``losses_acknowledged_through`` (in ``state.json``), and the
+server's acknowledgement raises that mark, so each record reaches the server once.
 
 Durability order: a sequence's reservation in ``open/`` is made durable by :meth:`Spool.sync_open`,
 off the capture thread, and at the latest before any sequence is sealed into ``ready/``; so a crash
@@ -40,6 +44,11 @@ from survey6.wire.v1 import capture_pb2
 log = logging.getLogger(__name__)
 
 FullPolicy = Literal["pause", "drop-oldest"]
+# Loss kinds (docs/audit.md).
+DROPPED_FILE = "dropped-file"
+NOT_WRITTEN = "not-written"
+LEFT_IN_RING = "left-in-ring"
+TRUNCATED_RECORD = "truncated-record"
 PART_SUFFIX = ".part"
 PCAP_SUFFIX = ".pcap"
 SEQUENCE_DIGITS = 12  # zero-padded so that names sort in sequence order
@@ -52,6 +61,8 @@ class SpoolState:
     lost_packets_total: int = 0
     delivered_files_total: int = 0
     delivered_bytes_total: int = 0
+    # Highest loss id the server acknowledged as stored.
+    losses_acknowledged_through: int = 0
 
 
 @dataclass(frozen=True)
@@ -72,6 +83,8 @@ class SpoolUsage:
     ready_files: int
     ready_bytes: int
     oldest_ready_mtime: float | None
+    # Lowest sequence in ready/; 0 when none waits.
+    oldest_ready_sequence: int = 0
 
 
 class Spool:
@@ -90,7 +103,12 @@ class Spool:
         self._lock_fd: int | None = None
         # Reservations (part info and part file in open/) written by begin_file but not yet fsynced.
         self._unsynced: set[int] = set()
+        # The file the uploader is sending: the drop-oldest policy passes it over (see begin_delivery).
+        self._delivering: int | None = None
         self.state = SpoolState()
+        # Loss records not yet acknowledged, oldest first, and the highest loss id in the log.
+        self._unacknowledged: list[dict[str, Any]] = []
+        self.losses_recorded_total = 0
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -117,6 +135,7 @@ class Spool:
             self._lock_fd = None
             raise SpoolLockedError(f"spool {self.root} is in use by another survey6 process") from exc
         self.state = self._load_state()
+        self._load_losses()
 
     def close(self) -> None:
         if self._lock_fd is not None:
@@ -281,6 +300,24 @@ class Spool:
                     continue  # delivered or dropped meanwhile
         return sorted(files, key=lambda f: f.sequence)
 
+    def begin_delivery(self, sequence: int) -> bool:
+        """Keeps the drop-oldest policy off `sequence` while the uploader sends it.
+
+        Without this, a file dropped mid-upload would be both delivered and recorded lost.
+
+        Returns:
+            False when the file has left the spool since it was listed (dropped): do not send it.
+        """
+        with self._lock:
+            if not any(f.sequence == sequence for f in self.ready_files()):
+                return False
+            self._delivering = sequence
+            return True
+
+    def end_delivery(self) -> None:
+        with self._lock:
+            self._delivering = None
+
     def delivered(self, sequence: int) -> None:
         """Deletes a file the server has confirmed durable."""
         with self._lock:
@@ -314,6 +351,7 @@ class Spool:
             ready_files=len(ready),
             ready_bytes=ready_bytes,
             oldest_ready_mtime=oldest,
+            oldest_ready_sequence=ready[0].sequence if ready else 0,
         )
 
     def is_full(self, usage: SpoolUsage | None = None) -> bool:
@@ -330,15 +368,26 @@ class Spool:
             while self.is_full():
                 if self.policy != "drop-oldest":
                     return False
-                ready = self.ready_files()
+                ready = [f for f in self.ready_files() if f.sequence != self._delivering]
                 if not ready:
                     return False
                 self._drop(ready[0])
             return True
 
     def _drop(self, victim: ReadyFile) -> None:
+        extra: dict[str, Any] = {}
         try:
-            packets = sidecar.read_sidecar(victim.sidecar).packets
+            metadata = sidecar.read_sidecar(victim.sidecar)
+            packets = metadata.packets
+            # The audit needs the dropped file's kernel window to keep its run of files whole.
+            extra = {"interface": metadata.interface.name, "repaired": metadata.repaired}
+            if not metadata.repaired:
+                kernel = metadata.kernel_delta
+                extra["kernel"] = {
+                    "received": kernel.received_packets,
+                    "dropped": kernel.dropped_packets,
+                    "interface_dropped": kernel.interface_dropped_packets,
+                }
         except Exception:  # an unreadable sidecar must not stop the drop; the loss is still counted
             log.exception(
                 "sidecar of dropped file %s unreadable; counting its packets as unknown", victim.path
@@ -350,35 +399,132 @@ class Spool:
         self.state.lost_files_total += 1
         self.state.lost_packets_total += packets
         self._save_state()
-        self._record_loss("spool full: dropped oldest file", victim.sequence, packets)
+        self._record_loss(DROPPED_FILE, "spool full: dropped oldest file", victim.sequence, packets, extra)
         log.warning(
             "spool full: dropped oldest file", extra={"sequence": victim.sequence, "packets": packets}
         )
 
-    def record_lost_packets(self, packets: int, reason: str) -> None:
-        """Counts packets that never reached a file (captured while the spool was full)."""
+    def record_lost_packets(
+        self,
+        packets: int,
+        reason: str,
+        *,
+        interface: str = "",
+        after_sequence: int | None = None,
+        kind: str = NOT_WRITTEN,
+    ) -> None:
+        """Counts packets that never reached a file: read while the spool was full (``not-written``),
+        or left in the kernel ring when a capture stopped (``left-in-ring``).
+
+        The record names `after_sequence`, by default the highest sequence reserved now: the capture
+        of `interface` begins its next file only after this, so that file is the first of the
+        interface above it, and its kernel window is the one that counted these packets.
+        """
         if packets <= 0:
             return
         with self._lock:
             self.state.lost_packets_total += packets
             self._save_state()
-            self._record_loss(reason, None, packets)
+            after = self._highest_sequence() if after_sequence is None else after_sequence
+            extra = {"interface": interface, "after_sequence": after}
+            self._record_loss(kind, reason, None, packets, extra)
 
-    def _record_loss(self, reason: str, sequence: int | None, packets: int) -> None:
-        entry = {"time_ns": time.time_ns(), "reason": reason, "sequence": sequence, "packets": packets}
+    def record_truncated_record(self, sequence: int, bytes_cut: int, *, corrupt: bool = False) -> None:
+        """Counts the packet whose partial record a crash repair cuts from file `sequence`.
+
+        Called before the cut, and idempotent per sequence: a crash between the record and the cut
+        repeats the repair, not the loss.
+        """
+        with self._lock:
+            if any(
+                loss.get("kind") == TRUNCATED_RECORD and loss.get("sequence") == sequence
+                for loss in self.losses()
+            ):
+                return
+            self.state.lost_packets_total += 1
+            self._save_state()
+            why = "a corrupt record header" if corrupt else "a partial last record"
+            reason = f"crash repair: cut {bytes_cut} bytes of {why}"
+            self._record_loss(TRUNCATED_RECORD, reason, sequence, 1, {"bytes_cut": bytes_cut})
+
+    def _record_loss(
+        self, kind: str, reason: str, sequence: int | None, packets: int, extra: dict[str, Any]
+    ) -> None:
+        entry = {
+            "id": self.losses_recorded_total + 1,
+            "kind": kind,
+            "time_ns": time.time_ns(),
+            "reason": reason,
+            "sequence": sequence,
+            "packets": packets,
+            **extra,
+        }
         with open(self._losses_path, "a", encoding="utf-8") as stream:
             stream.write(json.dumps(entry) + "\n")
             stream.flush()
             os.fsync(stream.fileno())
+        self.losses_recorded_total += 1
+        self._unacknowledged.append(entry)
 
     def losses(self) -> Iterator[dict[str, Any]]:
-        """The loss log, oldest first."""
+        """The loss log, oldest first, each record with its ``id`` and ``kind`` (older logs lack them)."""
         if not self._losses_path.exists():
             return
         with open(self._losses_path, encoding="utf-8") as stream:
+            number = 0
             for line in stream:
                 if line.strip():
-                    yield json.loads(line)
+                    number += 1
+                    yield _completed(json.loads(line), number)
+
+    def _load_losses(self) -> None:
+        """Counts the log's records and keeps those the server has not acknowledged.
+
+        A last line without its newline was cut by a crash before its fsync returned: nobody can
+        have acknowledged it, and appending after it would corrupt the next record, so it goes.
+        """
+        try:
+            data = self._losses_path.read_bytes()
+        except FileNotFoundError:
+            data = b""
+        except OSError as exc:
+            raise SpoolError(f"spool loss log {self._losses_path} is unreadable: {exc.strerror}") from exc
+        if data and not data.endswith(b"\n"):
+            keep = data.rfind(b"\n") + 1
+            log.warning("loss log %s ends in a partial record; cutting it", self._losses_path)
+            with open(self._losses_path, "r+b") as stream:
+                stream.truncate(keep)
+                os.fsync(stream.fileno())
+        try:
+            records = list(self.losses())
+        except ValueError as exc:
+            raise SpoolError(f"spool loss log {self._losses_path} is not JSON lines: {exc}") from exc
+        self.losses_recorded_total = len(records)
+        mark = self.state.losses_acknowledged_through
+        self._unacknowledged = [r for r in records if r["id"] > mark]
+
+    def unacknowledged_losses(self, limit: int) -> list[dict[str, Any]]:
+        """The oldest `limit` loss records the server has not acknowledged."""
+        with self._lock:
+            return list(self._unacknowledged[:limit])
+
+    def acknowledge_losses(self, through: int) -> None:
+        """The server stored the loss records up to id `through`: they are not sent again."""
+        with self._lock:
+            through = min(through, self.losses_recorded_total)
+            if through <= self.state.losses_acknowledged_through:
+                return
+            self.state.losses_acknowledged_through = through
+            self._save_state()
+            self._unacknowledged = [r for r in self._unacknowledged if r["id"] > through]
+
+
+def _completed(record: dict[str, Any], number: int) -> dict[str, Any]:
+    """A loss record with the id and kind that logs written before they existed lack."""
+    record.setdefault("id", number)
+    if "kind" not in record:
+        record["kind"] = DROPPED_FILE if record.get("sequence") is not None else NOT_WRITTEN
+    return record
 
 
 def _write_replacing(path: Path, data: bytes) -> None:

@@ -236,10 +236,12 @@ class Uploader:
 
     def upload(self, ready: ReadyFile, *, override: bool) -> bool:
         """Sends one file, or what the link allows of it; True when the server has it durably."""
-        metadata = read_sidecar(ready.sidecar)
-        metadata.probe_id = self.probe_id
+        if not self.spool.begin_delivery(ready.sequence):
+            return False  # dropped by the spool's full policy since it was listed
         self.status.uploading = True
         try:
+            metadata = read_sidecar(ready.sidecar)
+            metadata.probe_id = self.probe_id
             offset = self.stub.GetOffset(
                 upload_pb2.OffsetRequest(
                     sequence=ready.sequence,
@@ -260,6 +262,7 @@ class Uploader:
             return False
         finally:
             self.status.uploading = False
+            self.spool.end_delivery()
 
     def _chunks(
         self, ready: ReadyFile, metadata: capture_pb2.CaptureMetadata, start: int, override: bool

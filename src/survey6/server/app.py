@@ -20,6 +20,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from survey6.server.attempts import JoinAttempts
 from survey6.server.errors import NotInitialisedError
 from survey6.server.fleet import Fleet
 from survey6.server.pki import CertificateAuthority
@@ -72,6 +73,7 @@ class ServerApp:
             self.sessions, self.ingest_queue, self.layout.landing, settings.queue.drain_interval_s
         )
         self.uploads = UploadStore(self.sessions, self.layout, settings.uploads, on_stored=self.drainer.wake)
+        self.join_attempts = JoinAttempts(settings.enrolment)
         self._server_key = (pki / "server.key").read_bytes()
         # The chain includes the CA: a joining probe pins it from the handshake.
         self._server_chain = (pki / "server.crt").read_bytes() + self.ca.cert_pem
@@ -113,6 +115,7 @@ class ServerApp:
                 self.fleet,
                 control_port=self.control_port,
                 heartbeat_interval_s=liveness.heartbeat_interval_s,
+                attempts=self.join_attempts,
             ),
             enrol,
         )
@@ -145,6 +148,7 @@ class ServerApp:
         # Here, not at the top: the command line imports this module, and only `run` needs Flask.
         from survey6.server.web import create_app
         from survey6.server.web.application import web_settings_of
+        from survey6.server.web.context import web_context
         from survey6.server.web.services import WebServices, default_join_address
         from survey6.server.web.serving import WebServer
 
@@ -157,7 +161,10 @@ class ServerApp:
             join_address=lambda: default_join_address(self.settings.data_dir, self.enrol_port),
             queue_depth=lambda: int(self.ingest_queue.queue.count),
         )
-        self._web = WebServer(create_app(services, self.settings, web), self.settings.http_listen, web)
+        web_app = create_app(services, self.settings, web)
+        with web_app.app_context():  # the Join counters on /metrics, next to the web UI's own
+            web_context().metrics.registry.register(self.join_attempts)
+        self._web = WebServer(web_app, self.settings.http_listen, web)
         self._web.start()
         self.http_port = self._web.port
 

@@ -50,7 +50,10 @@ def add_received(
 
     The unique (probe_id, sequence) constraint makes the commit fail if the row already exists.
     `sha256_hex` and `size_bytes` are what the server computed, not what the client claimed.
+    The kernel deltas of a repaired file are recorded as unknown (None): its capture died with them.
     """
+    kernel = metadata.kernel_delta
+    known = not metadata.repaired
     row = CapturedFile(
         probe_id=probe_id,
         sequence=metadata.sequence,
@@ -63,6 +66,12 @@ def add_received(
         state=RECEIVED,
         state_detail="",
         received_at=utcnow(),
+        interface=metadata.interface.name[:64],
+        kernel_received=kernel.received_packets if known else None,
+        kernel_dropped=kernel.dropped_packets if known else None,
+        kernel_interface_dropped=kernel.interface_dropped_packets if known else None,
+        repaired=metadata.repaired,
+        repaired_truncated_bytes=metadata.repaired_truncated_bytes,
     )
     session.add(row)
     session.flush()
@@ -97,6 +106,28 @@ def set_state(session: Session, probe_id: str, sequence: int, state: str, detail
         raise ValueError(f"probe {probe_id} has no file {sequence} in the catalog")
     row.state = state
     row.state_detail = detail
+
+
+def record_ingest_counts(
+    session: Session,
+    probe_id: str,
+    sequence: int,
+    *,
+    dataset_rows: int | None,
+    skipped_packets: int | None,
+    quarantined_packets: int | None,
+) -> None:
+    """Records what an ingest result says about the file's packets (docs/audit.md).
+
+    Raises:
+        ValueError: no such file.
+    """
+    row = find(session, probe_id, sequence)
+    if row is None:
+        raise ValueError(f"probe {probe_id} has no file {sequence} in the catalog")
+    row.dataset_rows = dataset_rows
+    row.skipped_packets = skipped_packets
+    row.quarantined_packets = quarantined_packets
 
 
 def delete(session: Session, row_id: int) -> None:

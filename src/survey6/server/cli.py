@@ -11,16 +11,18 @@ from typing import Any
 
 import click
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from survey6 import __version__
 from survey6.common import systemd
 from survey6.common.cli import config_option, load_side_settings, print_settings, run_group
 from survey6.common.log import configure_logging
 from survey6.common.units import parse_duration
+from survey6.server import audit as accounting
 from survey6.server import commands as probe_commands
 from survey6.server import tokens
 from survey6.server.app import ServerApp
-from survey6.server.errors import NotInitialisedError
+from survey6.server.errors import NotInitialisedError, ServerError
 from survey6.server.pki import CertificateAuthority
 from survey6.server.registry import db
 from survey6.server.registry.models import Probe, utcnow
@@ -287,6 +289,30 @@ def probes_command(ctx: click.Context, data_dir: Path | None, probe_id: str, act
     click.echo(command_id)
 
 
+@cli.command("audit")
+@data_dir_option
+@click.option("--probe", "probe_id", default=None, help="Audit this probe only.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (docs/audit.md).")
+@click.pass_context
+def audit_command(ctx: click.Context, data_dir: Path | None, probe_id: str | None, as_json: bool) -> None:
+    """Check the accounting identity of every probe: where each packet and sequence number went.
+
+    Exit status: 0 every identity holds and there is no gap, 3 an identity fails, 4 only gaps,
+    1 error, 2 usage error.
+    """
+    settings = _settings(ctx, data_dir)
+    try:
+        with _sessions(settings)() as session:
+            document = accounting.audit_fleet(session, probe_id)
+    except SQLAlchemyError as exc:  # e.g. a data directory that does not exist
+        raise ServerError(
+            f"cannot read the registry in {settings.data_dir} ({exc.__class__.__name__});"
+            " is it initialised (`survey6-server init`)?"
+        ) from exc
+    click.echo(json.dumps(document, indent=2) if as_json else accounting.render_text(document))
+    ctx.exit(document["exit_code"])
+
+
 @cli.group("user")
 def user_group() -> None:
     """Web UI accounts: an admin may act (commands, tokens), a viewer may only look."""
@@ -380,6 +406,74 @@ def user_remove(ctx: click.Context, data_dir: Path | None, username: str) -> Non
     with _sessions(settings).begin() as session:
         web_users.remove_user(session, username)
     click.echo(f"removed {username}")
+
+
+@cli.group("apt")
+def apt_group() -> None:
+    """The signed apt repository probe hosts install survey6-probe from (served by the web UI at /apt/)."""
+
+
+@apt_group.command("publish")
+@data_dir_option
+@click.argument("deb", type=click.Path(path_type=Path, dir_okay=True))
+@click.pass_context
+def apt_publish(ctx: click.Context, data_dir: Path | None, deb: Path) -> None:
+    """Add a survey6 .deb to the repository and re-sign its indexes (the signing key is made on first use)."""
+    from survey6.server.aptrepo import AptRepository
+
+    repository = AptRepository(_settings(ctx, data_dir).data_dir)
+    new_key = repository.fingerprint() is None
+    click.echo(f"checking {deb} ...")
+    done = repository.publish(deb)
+    if new_key:
+        click.echo(f"made the repository's signing key {repository.fingerprint()}")
+    what = "published" if done.added else "already published (indexes re-signed)"
+    click.echo(
+        f"{what}: {done.control.describe()} as {done.filename}, {done.size} bytes, sha256 {done.sha256}; "
+        f"the repository holds {done.total} package file{'s' if done.total != 1 else ''}"
+    )
+
+
+@apt_group.command("list")
+@data_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def apt_list(ctx: click.Context, data_dir: Path | None, as_json: bool) -> None:
+    """List the published packages, oldest version first."""
+    from survey6.server.aptrepo import AptRepository
+
+    entries = AptRepository(_settings(ctx, data_dir).data_dir).entries()
+    items = [
+        {"package": e.package, "version": e.version, "architecture": e.architecture, "filename": e.filename,
+         "size": e.size, "sha256": e.sha256}
+        for e in entries
+    ]  # fmt: skip
+    if as_json:
+        click.echo(json.dumps(items, indent=2))
+        return
+    if not items:
+        click.echo("no package is published yet: `survey6-server apt publish FILE.deb` adds one")
+        return
+    click.echo(f"{'PACKAGE':<24}{'VERSION':<24}{'ARCH':<8}{'SIZE':>12}  SHA256")
+    for item in items:
+        click.echo(
+            f"{item['package']:<24}{item['version']:<24}{item['architecture']:<8}{item['size']:>12}  "
+            f"{item['sha256']}"
+        )
+
+
+@apt_group.command("key")
+@data_dir_option
+@click.pass_context
+def apt_key(ctx: click.Context, data_dir: Path | None) -> None:
+    """Print the signing key's fingerprint and where its public half is (made on first use)."""
+    from survey6.server.aptrepo import AptRepository
+
+    repository = AptRepository(_settings(ctx, data_dir).data_dir)
+    click.echo(f"fingerprint: {repository.ensure_key()}")
+    click.echo(f"public key: {repository.keyring_path}")
+    click.echo(f"public key (ASCII): {repository.armored_key_path}")
+    click.echo(f"public key sha256: {repository.keyring_sha256()}")
 
 
 def _scalar(text: str) -> Any:

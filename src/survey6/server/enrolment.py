@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from survey6.server.errors import EnrolmentError
 from survey6.server.pki import CertificateAuthority, IssuedCertificate
 from survey6.server.registry.models import Event, Probe
-from survey6.server.tokens import consume_token
+from survey6.server.tokens import TOKEN_PATTERN, consume_token
 from survey6.wire.v1 import enrolment_pb2
 
 MAX_LABELS = 64
@@ -22,6 +22,12 @@ MAX_LABEL_CHARS = 256
 class Enrolled:
     probe: Probe
     certificate: IssuedCertificate
+
+
+def token_id_of(token: str) -> str:
+    """The id of a token, for logs; ``malformed`` when it is not a token (it may hold a secret)."""
+    match = TOKEN_PATTERN.match(token)
+    return match.group(1) if match else "malformed"
 
 
 def new_probe_id() -> str:

@@ -5,6 +5,7 @@ Survey6Error                 (survey6.common.errors)
     ├── NotInitialisedError  the data directory has no CA or registry: run `survey6-server init`
     ├── AlreadyInitialisedError  `init` on a data directory that already has a CA
     ├── TokenError           a bootstrap token that is malformed, unknown, expired, revoked or used up
+    │   └── TokenGuessError      malformed, unknown id or wrong secret: what a guess gets
     ├── EnrolmentError       a join request that cannot be honoured (bad CSR, ...)
     ├── UnknownProbeError    no probe with that id
     ├── CommandError         a command that cannot be queued for a probe in its state
@@ -16,7 +17,8 @@ Survey6Error                 (survey6.common.errors)
     │   ├── UploadCorrupt        a chunk's CRC-32 or the file's sha256 is wrong: DATA_LOSS
     │   ├── QuotaExceeded        the probe's landed bytes would pass its quota: RESOURCE_EXHAUSTED
     │   └── UploadBusy           the same file is being uploaded on another stream: ABORTED
-    └── QueueUnavailable     Redis cannot be reached; stored files wait in the outbox
+    ├── QueueUnavailable     Redis cannot be reached; stored files wait in the outbox
+    └── AptRepositoryError   a package the apt repository refuses, or signing that fails
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ class AlreadyInitialisedError(ServerError):
 
 class TokenError(ServerError):
     """A bootstrap token that cannot be used; the message says why (and never echoes the secret)."""
+
+
+class TokenGuessError(TokenError):
+    """A token that is malformed, names no token or has the wrong secret: counted as a guess."""
 
 
 class EnrolmentError(ServerError):
@@ -90,3 +96,7 @@ class UploadBusy(UploadError):
 
 class QueueUnavailable(ServerError):
     """The ingest queue (Redis) cannot be reached."""
+
+
+class AptRepositoryError(ServerError):
+    """The apt repository cannot publish this file or sign its index; the message says why."""

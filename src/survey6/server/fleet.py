@@ -6,8 +6,10 @@ one transaction per interval with a few bulk statements: the probes' last heartb
 state, their history samples with the whole health report (at most one per probe per
 ``history_interval_s``, plus one whenever the capture health changes) and the queued events in
 the order and at the times they happened. A flush that fails keeps everything for the next one.
-``refresh`` reads what other processes changed (commands queued from the command line or the
-web UI, probes revoked), and ``sweep`` turns heartbeat ages into states.
+Loss records on a heartbeat are queued the same way (``survey6.server.losses``), and each response
+acknowledges the highest one already written. ``refresh`` reads what other processes changed
+(commands queued from the command line or the web UI, probes revoked), and ``sweep`` turns
+heartbeat ages into states.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from survey6.server import liveness
+from survey6.server import liveness, losses
 from survey6.server.commands import OUTCOMES, to_proto
 from survey6.server.errors import CommandError, ServerError, UnknownProbeError
 from survey6.server.registry.models import Base, Command, Event, HeartbeatSample, Probe, utcnow
@@ -87,6 +89,9 @@ class ProbeEntry:
     # Commands not yet acknowledged, oldest first; re-sent on every response until acknowledged.
     pending: dict[str, control_pb2.Command] = field(default_factory=dict)
     newly_delivered: set[str] = field(default_factory=set)
+    # Highest loss id written to the registry (acknowledged to the probe), and queued for writing.
+    losses_stored: int = 0
+    losses_queued: int = 0
 
 
 @dataclass
@@ -108,9 +113,10 @@ class _Batch:
     states: list[tuple[ProbeEntry, str]] = field(default_factory=list)
     delivered: list[tuple[ProbeEntry, dt.datetime, set[str]]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
+    losses: list[tuple[ProbeEntry, dict[str, Any]]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.heartbeats or self.states or self.delivered or self.events)
+        return bool(self.heartbeats or self.states or self.delivered or self.events or self.losses)
 
 
 class Fleet:
@@ -139,6 +145,7 @@ class Fleet:
         # Probes with a heartbeat or a state change not yet written: a flush looks at these only.
         self._dirty: dict[str, ProbeEntry] = {}
         self._events: list[dict[str, Any]] = []
+        self._losses: list[tuple[ProbeEntry, dict[str, Any]]] = []
         self.failed_flushes = 0  # in a row; 0 once a flush succeeds
         self.failed_flushes_total = 0
 
@@ -146,6 +153,7 @@ class Fleet:
 
     def load(self) -> None:
         with self.sessions() as session:
+            stored = losses.stored_through(session)
             # Oldest heartbeat first, so that the probes to watch are in the sweep's order.
             for probe in session.scalars(
                 select(Probe).order_by(Probe.last_heartbeat_at.is_not(None), Probe.last_heartbeat_at)
@@ -158,6 +166,8 @@ class Fleet:
                         left=probe.left_at is not None,
                         state=probe.state,
                         last_heartbeat_at=probe.last_heartbeat_at,
+                        losses_stored=stored.get(probe.id, 0),
+                        losses_queued=stored.get(probe.id, 0),
                     )
                 )
         self.refresh()
@@ -229,10 +239,20 @@ class Fleet:
             entry.dirty = True
             entry.newly_delivered.update(entry.pending)
             commands = list(entry.pending.values())
+            for loss in sorted(request.losses, key=lambda item: item.id):
+                if loss.id > entry.losses_queued:  # re-sent until acknowledged: queue each once
+                    self._losses.append((entry, losses.row(probe_id, loss, now)))
+                    entry.losses_queued = loss.id
             change = self._transition(entry, now)
         if change is not None:
             _log_change(*change)
         return commands
+
+    def losses_acknowledged(self, probe_id: str) -> int:
+        """The highest loss id of the probe the registry holds: the heartbeat response's ack."""
+        with self._lock:
+            entry = self._by_id.get(probe_id)
+            return entry.losses_stored if entry is not None else 0
 
     def acknowledge(self, probe_id: str, ack: control_pb2.CommandAck) -> None:
         """Records a command's outcome before answering: once answered, the probe forgets the
@@ -344,6 +364,8 @@ class Fleet:
             raise
         self.failed_flushes = 0
         with self._lock:
+            for entry, loss in batch.losses:
+                entry.losses_stored = max(entry.losses_stored, loss["loss_id"])
             for beat in batch.heartbeats:
                 if beat.sample_health is None:
                     continue
@@ -362,8 +384,8 @@ class Fleet:
 
     def _take_batch(self) -> _Batch:
         """Moves what is to be written out of memory (the caller holds the lock)."""
-        batch = _Batch(events=self._events)
-        self._events = []
+        batch = _Batch(events=self._events, losses=self._losses)
+        self._events, self._losses = [], []
         dirty, self._dirty = self._dirty, {}
         for entry in dirty.values():
             if entry.dirty:
@@ -422,6 +444,8 @@ class Fleet:
             ):
                 if rows:
                     session.execute(statement, rows)
+            if batch.losses:
+                losses.insert_ignoring_stored(session, [loss for _, loss in batch.losses])
 
     def _give_back(self, batch: _Batch) -> None:
         with self._lock:
@@ -436,6 +460,7 @@ class Fleet:
             for entry, _, command_ids in batch.delivered:
                 entry.newly_delivered |= command_ids
             self._events[:0] = batch.events
+            self._losses[:0] = batch.losses
 
     def sweep(self) -> None:
         """Turns heartbeat ages into states; each change is queued as an event.
@@ -521,6 +546,9 @@ def _log_change(probe_id: str, old: str, new: str) -> None:
 
 
 def _health_json(request: control_pb2.HeartbeatRequest) -> dict[str, Any]:
+    if request.losses:  # stored in their own table; the health report stays small
+        request = control_pb2.HeartbeatRequest.FromString(request.SerializeToString())
+        request.ClearField("losses")
     return json_format.MessageToDict(request, preserving_proto_field_name=True)
 
 

@@ -149,6 +149,11 @@ class IngestResult:
     state: str  # ingested | failed
     detail: str
     packets: int
+    # Added for the audit (docs/audit.md); None when an older worker left them out.
+    rows: int | None = None
+    skipped: int | None = None
+    quarantined: bool = False
+    claimed_packets: int | None = None
 
     @classmethod
     def from_message(cls, message: bytes) -> IngestResult:
@@ -175,7 +180,35 @@ class IngestResult:
             raise ValueError(f"state {data['state']!r} is not one of {', '.join(sorted(RESULT_STATES))}")
         if not _SHA256_HEX.match(data["sha256_hex"]):
             raise ValueError("sha256_hex is not 64 lower-case hex digits")
-        return cls(**{name: data[name] for name in fields})
+        counts: dict[str, int | None] = {}
+        for name in ("rows", "skipped", "claimed_packets"):
+            value = data.get(name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise ValueError(f"{name} is not an int")
+            counts[name] = value
+        if not isinstance(data.get("quarantined", False), bool):
+            raise ValueError("quarantined is not a bool")
+        return cls(
+            **{name: data[name] for name in fields},
+            rows=counts["rows"],
+            skipped=counts["skipped"],
+            quarantined=bool(data.get("quarantined", False)),
+            claimed_packets=counts["claimed_packets"],
+        )
+
+    def ingest_counts(self, catalog_packets: int) -> dict[str, int | None]:
+        """The catalog's audit columns for this result (``catalog.record_ingest_counts``).
+
+        A quarantined file whose sidecar could not be read claims what the catalog recorded at
+        upload (the same metadata the landing zone's sidecar was written from).
+        """
+        if self.state == catalog.INGESTED:
+            return {"dataset_rows": self.rows, "skipped_packets": self.skipped, "quarantined_packets": None}
+        quarantined = None
+        if self.quarantined:
+            claimed = self.claimed_packets
+            quarantined = claimed if claimed is not None and claimed >= 0 else catalog_packets
+        return {"dataset_rows": None, "skipped_packets": None, "quarantined_packets": quarantined}
 
 
 class Drainer:
@@ -309,6 +342,9 @@ class Drainer:
                 result.sequence,
                 result.state,
                 result.detail[:RESULT_DETAIL_MAX_CHARS],
+            )
+            catalog.record_ingest_counts(
+                session, result.probe_id, result.sequence, **result.ingest_counts(row.packets)
             )
         log.info(
             "file %s #%d %s",

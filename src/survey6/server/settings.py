@@ -50,6 +50,25 @@ class QueueSettings(StrictModel):
     job_timeout_s: Seconds = Field(default=3600.0, gt=0)
 
 
+class EnrolmentSettings(StrictModel):
+    """Limits on guessing bootstrap tokens (survey6.server.attempts, docs/security.md).
+
+    A guess is a Join with a malformed token, an unknown token id or a wrong secret.
+    """
+
+    # Guesses are counted over a sliding window this long.
+    failure_window_s: Seconds = Field(default=600.0, gt=0)  # 10 min
+    # Guesses one client may make within the window; then its Joins are refused
+    # (RESOURCE_EXHAUSTED, with the seconds to wait) until its oldest guess leaves the window.
+    failures_per_client: int = Field(default=10, ge=1)
+    # Guesses from all clients together within the window; past it every Join is refused until
+    # the window moves on (a guesser spread over many addresses).
+    failures_total: int = Field(default=200, ge=1)
+    # An IPv6 client counts by this prefix of its address (a host usually holds a whole /64);
+    # IPv4 clients count per address.
+    client_ipv6_prefix_bits: int = Field(default=64, ge=1, le=128)
+
+
 class ServerSettings(StrictModel):
     # CA, registry database, landing zone.
     data_dir: Path = Path("/var/lib/survey6/server")
@@ -64,5 +83,6 @@ class ServerSettings(StrictModel):
     liveness: LivenessSettings = Field(default_factory=LivenessSettings)
     uploads: UploadSettings = Field(default_factory=UploadSettings)
     queue: QueueSettings = Field(default_factory=QueueSettings)
+    enrolment: EnrolmentSettings = Field(default_factory=EnrolmentSettings)
     web: WebSettings = Field(default_factory=WebSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)

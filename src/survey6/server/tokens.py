@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from survey6.server.errors import TokenError
+from survey6.server.errors import TokenError, TokenGuessError
 from survey6.server.registry.models import BootstrapToken, Event, utcnow
 
 TOKEN_PATTERN = re.compile(r"^([a-z0-9]{6})\.([a-z0-9]{16})$")
@@ -121,18 +121,19 @@ def consume_token(session: Session, token: str) -> str:
     The use is undone with the caller's transaction if the join fails later.
 
     Raises:
-        TokenError: malformed, unknown, wrong secret, expired, revoked or used up. The caller
+        TokenGuessError: malformed, unknown, or a wrong secret.
+        TokenError: expired, revoked or used up. The caller
             tells the client only that the token was refused and why in general terms.
     """
     match = TOKEN_PATTERN.match(token)
     if match is None:
-        raise TokenError("malformed token: expected [a-z0-9]{6}.[a-z0-9]{16}")
+        raise TokenGuessError("malformed token: expected [a-z0-9]{6}.[a-z0-9]{16}")
     token_id, secret = match.groups()
     stored_sha256 = session.scalar(
         select(BootstrapToken.secret_sha256).where(BootstrapToken.token_id == token_id)
     )
     if stored_sha256 is None or not hmac.compare_digest(stored_sha256, _secret_sha256(secret)):
-        raise TokenError(f"unknown token {token_id}")
+        raise TokenGuessError(f"unknown token {token_id}")
     now = utcnow()
     result = session.execute(
         update(BootstrapToken)

@@ -62,7 +62,8 @@ EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 # Probe ids are assigned by the server ("p-" and hex); checked again before they name a directory.
 _SAFE_PROBE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
-_PART_NAME = re.compile(r"^(\d{12})\.part$")
+# Sequences are zero-padded to 12 digits; larger ones (up to MAX_SEQUENCE) are longer.
+_PART_NAME = re.compile(r"^(\d{12,19})\.part$")
 HASH_READ_BYTES = 1 << 20  # 1 MiB reads when hashing the prefix a resumed upload already holds
 # The abandoned-part sweep runs this often, or four times per retention period if that is shorter.
 PART_CLEANUP_INTERVAL_S = 3600.0

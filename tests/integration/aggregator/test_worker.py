@@ -267,6 +267,10 @@ def test_results_wait_in_the_ledger_while_redis_is_away(settings: AggregatorSett
             "state": "ingested",
             "detail": "fine",
             "packets": 3,
+            "rows": 0,
+            "skipped": 0,
+            "quarantined": False,
+            "claimed_packets": -1,
         }
     finally:
         context.close()

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -171,3 +172,44 @@ class CapturedFile(Base):
     received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     stored_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     queued_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    # From the upload's metadata, for the audit (docs/audit.md). Kernel deltas are None when
+    # unknown: repaired files, and rows catalogued before these columns existed.
+    interface: Mapped[str] = mapped_column(String(64), default="")
+    kernel_received: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    kernel_dropped: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    kernel_interface_dropped: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    repaired: Mapped[bool] = mapped_column(Boolean, default=False)
+    repaired_truncated_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    # From the ingest result: rows written to the packets dataset and records the parser skipped
+    # (ingested files), or the packets a quarantined file claimed; None until then.
+    dataset_rows: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    skipped_packets: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    quarantined_packets: Mapped[int | None] = mapped_column(BigInteger, default=None)
+
+
+class SpoolLoss(Base):
+    """A loss a probe recorded in its spool (docs/audit.md), delivered once through the heartbeat."""
+
+    __tablename__ = "spool_losses"
+    __table_args__ = (UniqueConstraint("probe_id", "loss_id", name="uq_spool_losses_probe_loss"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    probe_id: Mapped[str] = mapped_column(ForeignKey("probes.id"))
+    # The record's id in the probe's loss log (its line number, from 1).
+    loss_id: Mapped[int] = mapped_column(BigInteger)
+    # Probe clock, Unix epoch nanoseconds.
+    time_ns: Mapped[int] = mapped_column(BigInteger)
+    # dropped-file | not-written | left-in-ring | truncated-record
+    kind: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    # The file concerned; None for not-written.
+    sequence: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    packets: Mapped[int] = mapped_column(BigInteger, default=0)
+    interface: Mapped[str] = mapped_column(String(64), default="")
+    after_sequence: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # A dropped file's kernel deltas; None when unknown.
+    kernel_received: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    kernel_dropped: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    kernel_interface_dropped: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    repaired: Mapped[bool] = mapped_column(Boolean, default=False)
+    stored_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

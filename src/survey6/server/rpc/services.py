@@ -12,8 +12,9 @@ import grpc
 from sqlalchemy.orm import Session, sessionmaker
 
 from survey6 import __version__
-from survey6.server.enrolment import join
-from survey6.server.errors import EnrolmentError, TokenError, UnknownProbeError
+from survey6.server.attempts import JoinAttempts
+from survey6.server.enrolment import join, token_id_of
+from survey6.server.errors import EnrolmentError, TokenError, TokenGuessError, UnknownProbeError
 from survey6.server.fleet import Fleet
 from survey6.server.pki import CertificateAuthority
 from survey6.server.rpc.auth import probe_of
@@ -43,6 +44,8 @@ def guarded(method: _ServicerMethod) -> _ServicerMethod:
 
 
 API_VERSIONS = ["v1"]
+# Trailing metadata of a limited Join: when to try again (gRFC A6's server pushback).
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
 
 class EnrolmentService(enrolment_pb2_grpc.EnrolmentServicer):
@@ -54,12 +57,14 @@ class EnrolmentService(enrolment_pb2_grpc.EnrolmentServicer):
         *,
         control_port: int,
         heartbeat_interval_s: float,
+        attempts: JoinAttempts,
     ) -> None:
         self.sessions = sessions
         self.ca = ca
         self.fleet = fleet
         self.control_port = control_port
         self.heartbeat_interval_ms = int(heartbeat_interval_s * 1000)
+        self.attempts = attempts
 
     @guarded
     def GetServerInfo(
@@ -74,15 +79,38 @@ class EnrolmentService(enrolment_pb2_grpc.EnrolmentServicer):
         self, request: enrolment_pb2.JoinRequest, context: grpc.ServicerContext
     ) -> enrolment_pb2.JoinResponse:
         peer = context.peer()
+        client = self.attempts.client_of(peer)
+        token_id = token_id_of(request.token)  # for the log: never the secret
+        self._refuse_if_limited(context, peer, client, token_id)
         try:
             with self.sessions.begin() as session:
                 enrolled = join(session, self.ca, request)
+        except TokenGuessError as exc:
+            failures = self.attempts.failed(client)
+            log.warning(
+                "join refused from %s (token %s): %s; %d failed in the window",
+                peer,
+                token_id,
+                exc,
+                failures,
+                extra={"peer": peer, "client": client, "token_id": token_id, "failures": failures},
+            )
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"token refused: {exc}")
         except TokenError as exc:
-            log.warning("join refused from %s: %s", peer, exc, extra={"peer": peer})
+            self.attempts.note("refused")
+            log.warning(
+                "join refused from %s (token %s): %s",
+                peer,
+                token_id,
+                exc,
+                extra={"peer": peer, "token_id": token_id},
+            )
             context.abort(grpc.StatusCode.PERMISSION_DENIED, f"token refused: {exc}")
         except EnrolmentError as exc:
-            log.warning("join refused from %s: %s", peer, exc, extra={"peer": peer})
+            self.attempts.note("refused")
+            log.warning("join refused from %s: %s", peer, exc, extra={"peer": peer, "token_id": token_id})
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        self.attempts.note("enrolled")
         self.fleet.add_enrolled(enrolled.probe)
         log.info(
             "probe enrolled",
@@ -95,6 +123,30 @@ class EnrolmentService(enrolment_pb2_grpc.EnrolmentServicer):
             certificate_not_after_s=int(enrolled.certificate.not_after.timestamp()),
             heartbeat_interval_ms=self.heartbeat_interval_ms,
             control_port=self.control_port,
+        )
+
+    def _refuse_if_limited(
+        self, context: grpc.ServicerContext, peer: str, client: str, token_id: str
+    ) -> None:
+        """Aborts a Join (before its token is looked at) from a client over its guess limit, or from
+        anyone while all clients together are over theirs."""
+        refusal = self.attempts.check(client)
+        if refusal is None:
+            return
+        wait_s = int(refusal.retry_after_s) + 1
+        log.warning(
+            "join refused from %s (token %s): too many failed attempts %s; %d s to wait",
+            peer,
+            token_id,
+            "from this client" if refusal.scope == "client" else "from all clients",
+            wait_s,
+            extra={"peer": peer, "client": client, "token_id": token_id, "limit": refusal.scope},
+        )
+        context.set_trailing_metadata(((RETRY_PUSHBACK_KEY, str(wait_s * 1000)),))
+        who = "your address" if refusal.scope == "client" else "all addresses"
+        context.abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"too many failed join attempts from {who}; try again in {wait_s} s",
         )
 
 
@@ -110,7 +162,10 @@ class ProbeControlService(control_pb2_grpc.ProbeControlServicer):
         probe = probe_of(context, self.fleet)
         commands = self.fleet.heartbeat(probe.probe_id, request)
         return control_pb2.HeartbeatResponse(
-            server_time_ns=time.time_ns(), heartbeat_interval_ms=self.heartbeat_interval_ms, commands=commands
+            server_time_ns=time.time_ns(),
+            heartbeat_interval_ms=self.heartbeat_interval_ms,
+            commands=commands,
+            losses_acknowledged_through=self.fleet.losses_acknowledged(probe.probe_id),
         )
 
     @guarded

@@ -11,7 +11,8 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
 from survey6.server.settings import ServerSettings
-from survey6.server.web import api, auth, csrf, formatting, ingest, metrics, probes, tokens
+from survey6.server.web import api, apt, auth, csrf, formatting, ingest, metrics, probes, tokens
+from survey6.server.web import audit as audit_pages
 from survey6.server.web.context import WebContext, install
 from survey6.server.web.ratelimit import LoginLimiter
 from survey6.server.web.secret import load_or_create_secret_key
@@ -63,8 +64,9 @@ def build_app(services: WebServices, settings: ServerSettings, web: WebSettings 
     )
     csrf.init_app(app)
     app.before_request(auth.load_account)
-    for blueprint in (auth.bp, probes.bp, tokens.bp, ingest.bp, api.bp, metrics.bp):
+    for blueprint in (auth.bp, probes.bp, tokens.bp, ingest.bp, api.bp, metrics.bp, apt.bp):
         app.register_blueprint(blueprint)
+    app.register_blueprint(audit_pages.bp)
     app.register_error_handler(HTTPException, _http_error)
     app.after_request(_security_headers)
     app.context_processor(_template_globals)

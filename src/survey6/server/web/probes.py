@@ -100,6 +100,7 @@ def probe_detail(probe_id: str) -> ResponseReturnValue:
         totals = queries.file_totals(session, probe_id)
         events = queries.recent_events(session, probe_id, EVENTS_SHOWN)
         commands = queries.recent_commands(session, probe_id, COMMANDS_SHOWN)
+        audit = queries.probe_audit(session, probe_id)
     return render_template(
         "probe.html",
         probe=view,
@@ -110,6 +111,7 @@ def probe_detail(probe_id: str) -> ResponseReturnValue:
         totals=totals,
         events=events,
         commands=commands,
+        audit=audit,
         actions=PAGE_ACTIONS,
         now=utcnow(),
         refresh_ms=int(web_context().web.refresh_interval_s * 1000),

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from survey6.server import catalog
+from survey6.server import audit, catalog
 from survey6.server.fleet import Fleet
 from survey6.server.liveness import STATES
 from survey6.server.registry.models import CapturedFile, Command, Event, HeartbeatSample, Probe
@@ -439,3 +439,18 @@ def sample_json(sample: Sample) -> dict[str, Any]:
         "backlog_bytes": sample.backlog_bytes,
         "link_utilisation_ratio": sample.link_utilisation_ratio,
     }
+
+
+def audit_document(session: Session, probe_id: str | None = None) -> dict[str, Any]:
+    """The accounting audit (docs/audit.md) of every probe or of one: the CLI's numbers.
+
+    Raises:
+        UnknownProbeError: `probe_id` names no probe.
+    """
+    return audit.audit_fleet(session, probe_id)
+
+
+def probe_audit(session: Session, probe_id: str) -> dict[str, Any]:
+    """One probe's report from :func:`audit_document`."""
+    report: dict[str, Any] = audit.audit_fleet(session, probe_id)["probes"][0]
+    return report

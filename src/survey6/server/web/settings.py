@@ -9,6 +9,9 @@ from pydantic import Field
 
 from survey6.common.settings import Seconds, StrictModel
 
+# An http(s) URL with nothing a shell would expand inside single quotes (it goes into commands).
+APT_URL_PATTERN = r"https?://[A-Za-z0-9._~%:\[\]-]+(/[A-Za-z0-9._~%/-]*)?"
+
 
 class WebSettings(StrictModel):
     # HTTPS: a PEM certificate chain and its key. Without them the UI speaks plain HTTP and should
@@ -28,5 +31,9 @@ class WebSettings(StrictModel):
     # HOST:PORT written into the join commands the tokens page shows; empty: the server
     # certificate's first name and the enrolment port.
     join_address: str = ""
+    # URL probe hosts reach the apt repository at (the web UI's /apt/), written into the install
+    # lines the tokens page shows, e.g. "https://survey6.example.org/apt"; empty: the address the
+    # page itself was requested at.
+    apt_url: str = Field(default="", pattern=rf"^({APT_URL_PATTERN})?$")
     # How often the probe pages poll the JSON API for fresh state.
     refresh_interval_s: Seconds = Field(default=3.0, gt=0)

@@ -13,6 +13,7 @@ from survey6.common.units import parse_duration
 from survey6.server import tokens
 from survey6.server.errors import TokenError
 from survey6.server.registry.models import utcnow
+from survey6.server.web.apt import probe_install
 from survey6.server.web.auth import admin_required, current_account, login_required
 from survey6.server.web.context import web_context
 
@@ -34,7 +35,10 @@ def join_command(token: str) -> str:
 def _page(status: int = 200, **extra: object) -> ResponseReturnValue:
     with web_context().services.sessions.begin() as session:  # listing also drops long-dead tokens
         rows = tokens.list_tokens(session)
-    return render_template("tokens.html", tokens=rows, now=utcnow(), default_ttl=DEFAULT_TTL, **extra), status
+    page = render_template(
+        "tokens.html", tokens=rows, now=utcnow(), default_ttl=DEFAULT_TTL, install=probe_install(), **extra
+    )
+    return page, status
 
 
 @bp.get("/tokens")

@@ -22,49 +22,52 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from survey6.wire.v1 import capture_pb2 as survey6_dot_v1_dot_capture__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18survey6/v1/control.proto\x12\nsurvey6.v1\"\xfa\x01\n\x0fInterfaceHealth\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1e\n\x16received_packets_total\x18\x02 \x01(\x04\x12\x1d\n\x15\x64ropped_packets_total\x18\x03 \x01(\x04\x12\'\n\x1finterface_dropped_packets_total\x18\x04 \x01(\x04\x12\x1e\n\x16\x63\x61ptured_packets_total\x18\x05 \x01(\x04\x12\x1e\n\x16\x63\x61ptured_packets_per_s\x18\x06 \x01(\x01\x12\x1e\n\x16link_utilisation_ratio\x18\x07 \x01(\x01\x12\x11\n\tlink_idle\x18\x08 \x01(\x08\"\xe4\x01\n\x0bSpoolHealth\x12\x15\n\rbacklog_files\x18\x01 \x01(\x04\x12\x15\n\rbacklog_bytes\x18\x02 \x01(\x04\x12\x1c\n\x14oldest_backlog_age_s\x18\x03 \x01(\x04\x12\x12\n\nfree_bytes\x18\x04 \x01(\x04\x12\x13\n\x0bquota_bytes\x18\x05 \x01(\x04\x12\x0c\n\x04\x66ull\x18\x06 \x01(\x08\x12\x18\n\x10lost_files_total\x18\x07 \x01(\x04\x12\x1a\n\x12lost_packets_total\x18\x08 \x01(\x04\x12\x1c\n\x14last_sealed_sequence\x18\t \x01(\x04\"u\n\x0cUploadHealth\x12\x11\n\tuploading\x18\x01 \x01(\x08\x12\x16\n\x0elast_upload_ns\x18\x02 \x01(\x03\x12\x1c\n\x14uploaded_files_total\x18\x03 \x01(\x04\x12\x1c\n\x14uploaded_bytes_total\x18\x04 \x01(\x04\"\x9a\x02\n\x10HeartbeatRequest\x12\x0f\n\x07sent_ns\x18\x01 \x01(\x03\x12\x10\n\x08uptime_s\x18\x02 \x01(\x04\x12\x18\n\x10software_version\x18\x03 \x01(\t\x12/\n\rcapture_state\x18\x04 \x01(\x0e\x32\x18.survey6.v1.CaptureState\x12\x15\n\rcapture_error\x18\x05 \x01(\t\x12/\n\ninterfaces\x18\x06 \x03(\x0b\x32\x1b.survey6.v1.InterfaceHealth\x12&\n\x05spool\x18\x07 \x01(\x0b\x32\x17.survey6.v1.SpoolHealth\x12(\n\x06upload\x18\x08 \x01(\x0b\x32\x18.survey6.v1.UploadHealth\"q\n\x11HeartbeatResponse\x12\x16\n\x0eserver_time_ns\x18\x01 \x01(\x03\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\r\x12%\n\x08\x63ommands\x18\x03 \x03(\x0b\x32\x13.survey6.v1.Command\"\x9d\x02\n\x07\x43ommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x11\n\tissued_ns\x18\x02 \x01(\x03\x12-\n\x07suspend\x18\n \x01(\x0b\x32\x1a.survey6.v1.SuspendCaptureH\x00\x12+\n\x06resume\x18\x0b \x01(\x0b\x32\x19.survey6.v1.ResumeCaptureH\x00\x12+\n\nupload_now\x18\x0c \x01(\x0b\x32\x15.survey6.v1.UploadNowH\x00\x12\x31\n\rconfig_change\x18\r \x01(\x0b\x32\x18.survey6.v1.ConfigChangeH\x00\x12%\n\x05leave\x18\x0e \x01(\x0b\x32\x14.survey6.v1.LeaveNowH\x00\x42\x08\n\x06\x61\x63tion\"\x10\n\x0eSuspendCapture\"\x0f\n\rResumeCapture\"\x0b\n\tUploadNow\"\n\n\x08LeaveNow\"\xea\x02\n\x0c\x43onfigChange\x12\x13\n\x06\x66ilter\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x1a\n\rsnaplen_bytes\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x1e\n\x11rotate_interval_s\x18\x03 \x01(\rH\x02\x88\x01\x01\x12\x1d\n\x10rotate_max_bytes\x18\x04 \x01(\x04H\x03\x88\x01\x01\x12!\n\x14idle_threshold_ratio\x18\x05 \x01(\x01H\x04\x88\x01\x01\x12\x18\n\x0bidle_hold_s\x18\x06 \x01(\rH\x05\x88\x01\x01\x12\"\n\x15heartbeat_interval_ms\x18\x07 \x01(\rH\x06\x88\x01\x01\x42\t\n\x07_filterB\x10\n\x0e_snaplen_bytesB\x14\n\x12_rotate_interval_sB\x13\n\x11_rotate_max_bytesB\x17\n\x15_idle_threshold_ratioB\x0e\n\x0c_idle_hold_sB\x18\n\x16_heartbeat_interval_ms\"s\n\nCommandAck\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12+\n\x07outcome\x18\x02 \x01(\x0e\x32\x1a.survey6.v1.CommandOutcome\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12\x14\n\x0c\x63ompleted_ns\x18\x04 \x01(\x03\"\x14\n\x12\x43ommandAckResponse\"\x1e\n\x0cLeaveRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x0f\n\rLeaveResponse*\xba\x01\n\x0c\x43\x61ptureState\x12\x1d\n\x19\x43\x41PTURE_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43\x41PTURE_STATE_CAPTURING\x10\x01\x12\x1b\n\x17\x43\x41PTURE_STATE_SUSPENDED\x10\x02\x12\x1c\n\x18\x43\x41PTURE_STATE_SPOOL_FULL\x10\x03\x12\x18\n\x14\x43\x41PTURE_STATE_FAILED\x10\x04\x12\x19\n\x15\x43\x41PTURE_STATE_STOPPED\x10\x05*\x8a\x01\n\x0e\x43ommandOutcome\x12\x1f\n\x1b\x43OMMAND_OUTCOME_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x43OMMAND_OUTCOME_SUCCEEDED\x10\x01\x12\x1a\n\x16\x43OMMAND_OUTCOME_FAILED\x10\x02\x12\x1c\n\x18\x43OMMAND_OUTCOME_REJECTED\x10\x03\x32\xe4\x01\n\x0cProbeControl\x12H\n\tHeartbeat\x12\x1c.survey6.v1.HeartbeatRequest\x1a\x1d.survey6.v1.HeartbeatResponse\x12L\n\x12\x41\x63knowledgeCommand\x12\x16.survey6.v1.CommandAck\x1a\x1e.survey6.v1.CommandAckResponse\x12<\n\x05Leave\x12\x18.survey6.v1.LeaveRequest\x1a\x19.survey6.v1.LeaveResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18survey6/v1/control.proto\x12\nsurvey6.v1\x1a\x18survey6/v1/capture.proto\"\xfa\x01\n\x0fInterfaceHealth\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1e\n\x16received_packets_total\x18\x02 \x01(\x04\x12\x1d\n\x15\x64ropped_packets_total\x18\x03 \x01(\x04\x12\'\n\x1finterface_dropped_packets_total\x18\x04 \x01(\x04\x12\x1e\n\x16\x63\x61ptured_packets_total\x18\x05 \x01(\x04\x12\x1e\n\x16\x63\x61ptured_packets_per_s\x18\x06 \x01(\x01\x12\x1e\n\x16link_utilisation_ratio\x18\x07 \x01(\x01\x12\x11\n\tlink_idle\x18\x08 \x01(\x08\"\xc8\x02\n\x0bSpoolHealth\x12\x15\n\rbacklog_files\x18\x01 \x01(\x04\x12\x15\n\rbacklog_bytes\x18\x02 \x01(\x04\x12\x1c\n\x14oldest_backlog_age_s\x18\x03 \x01(\x04\x12\x12\n\nfree_bytes\x18\x04 \x01(\x04\x12\x13\n\x0bquota_bytes\x18\x05 \x01(\x04\x12\x0c\n\x04\x66ull\x18\x06 \x01(\x08\x12\x18\n\x10lost_files_total\x18\x07 \x01(\x04\x12\x1a\n\x12lost_packets_total\x18\x08 \x01(\x04\x12\x1c\n\x14last_sealed_sequence\x18\t \x01(\x04\x12\x1e\n\x16\x62\x61\x63klog_first_sequence\x18\n \x01(\x04\x12\x1d\n\x15losses_recorded_total\x18\x0b \x01(\x04\x12#\n\x1blosses_acknowledged_through\x18\x0c \x01(\x04\"\xd8\x01\n\tSpoolLoss\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0f\n\x07time_ns\x18\x02 \x01(\x03\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x10\n\x08sequence\x18\x05 \x01(\x04\x12\x0f\n\x07packets\x18\x06 \x01(\x04\x12\x11\n\tinterface\x18\x07 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x08 \x01(\x04\x12\x30\n\x0ckernel_delta\x18\t \x01(\x0b\x32\x1a.survey6.v1.KernelCounters\x12\x10\n\x08repaired\x18\n \x01(\x08\"u\n\x0cUploadHealth\x12\x11\n\tuploading\x18\x01 \x01(\x08\x12\x16\n\x0elast_upload_ns\x18\x02 \x01(\x03\x12\x1c\n\x14uploaded_files_total\x18\x03 \x01(\x04\x12\x1c\n\x14uploaded_bytes_total\x18\x04 \x01(\x04\"\xc1\x02\n\x10HeartbeatRequest\x12\x0f\n\x07sent_ns\x18\x01 \x01(\x03\x12\x10\n\x08uptime_s\x18\x02 \x01(\x04\x12\x18\n\x10software_version\x18\x03 \x01(\t\x12/\n\rcapture_state\x18\x04 \x01(\x0e\x32\x18.survey6.v1.CaptureState\x12\x15\n\rcapture_error\x18\x05 \x01(\t\x12/\n\ninterfaces\x18\x06 \x03(\x0b\x32\x1b.survey6.v1.InterfaceHealth\x12&\n\x05spool\x18\x07 \x01(\x0b\x32\x17.survey6.v1.SpoolHealth\x12(\n\x06upload\x18\x08 \x01(\x0b\x32\x18.survey6.v1.UploadHealth\x12%\n\x06losses\x18\t \x03(\x0b\x32\x15.survey6.v1.SpoolLoss\"\x96\x01\n\x11HeartbeatResponse\x12\x16\n\x0eserver_time_ns\x18\x01 \x01(\x03\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\r\x12%\n\x08\x63ommands\x18\x03 \x03(\x0b\x32\x13.survey6.v1.Command\x12#\n\x1blosses_acknowledged_through\x18\x04 \x01(\x04\"\x9d\x02\n\x07\x43ommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x11\n\tissued_ns\x18\x02 \x01(\x03\x12-\n\x07suspend\x18\n \x01(\x0b\x32\x1a.survey6.v1.SuspendCaptureH\x00\x12+\n\x06resume\x18\x0b \x01(\x0b\x32\x19.survey6.v1.ResumeCaptureH\x00\x12+\n\nupload_now\x18\x0c \x01(\x0b\x32\x15.survey6.v1.UploadNowH\x00\x12\x31\n\rconfig_change\x18\r \x01(\x0b\x32\x18.survey6.v1.ConfigChangeH\x00\x12%\n\x05leave\x18\x0e \x01(\x0b\x32\x14.survey6.v1.LeaveNowH\x00\x42\x08\n\x06\x61\x63tion\"\x10\n\x0eSuspendCapture\"\x0f\n\rResumeCapture\"\x0b\n\tUploadNow\"\n\n\x08LeaveNow\"\xea\x02\n\x0c\x43onfigChange\x12\x13\n\x06\x66ilter\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x1a\n\rsnaplen_bytes\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x1e\n\x11rotate_interval_s\x18\x03 \x01(\rH\x02\x88\x01\x01\x12\x1d\n\x10rotate_max_bytes\x18\x04 \x01(\x04H\x03\x88\x01\x01\x12!\n\x14idle_threshold_ratio\x18\x05 \x01(\x01H\x04\x88\x01\x01\x12\x18\n\x0bidle_hold_s\x18\x06 \x01(\rH\x05\x88\x01\x01\x12\"\n\x15heartbeat_interval_ms\x18\x07 \x01(\rH\x06\x88\x01\x01\x42\t\n\x07_filterB\x10\n\x0e_snaplen_bytesB\x14\n\x12_rotate_interval_sB\x13\n\x11_rotate_max_bytesB\x17\n\x15_idle_threshold_ratioB\x0e\n\x0c_idle_hold_sB\x18\n\x16_heartbeat_interval_ms\"s\n\nCommandAck\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12+\n\x07outcome\x18\x02 \x01(\x0e\x32\x1a.survey6.v1.CommandOutcome\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12\x14\n\x0c\x63ompleted_ns\x18\x04 \x01(\x03\"\x14\n\x12\x43ommandAckResponse\"\x1e\n\x0cLeaveRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x0f\n\rLeaveResponse*\xba\x01\n\x0c\x43\x61ptureState\x12\x1d\n\x19\x43\x41PTURE_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43\x41PTURE_STATE_CAPTURING\x10\x01\x12\x1b\n\x17\x43\x41PTURE_STATE_SUSPENDED\x10\x02\x12\x1c\n\x18\x43\x41PTURE_STATE_SPOOL_FULL\x10\x03\x12\x18\n\x14\x43\x41PTURE_STATE_FAILED\x10\x04\x12\x19\n\x15\x43\x41PTURE_STATE_STOPPED\x10\x05*\x8a\x01\n\x0e\x43ommandOutcome\x12\x1f\n\x1b\x43OMMAND_OUTCOME_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x43OMMAND_OUTCOME_SUCCEEDED\x10\x01\x12\x1a\n\x16\x43OMMAND_OUTCOME_FAILED\x10\x02\x12\x1c\n\x18\x43OMMAND_OUTCOME_REJECTED\x10\x03\x32\xe4\x01\n\x0cProbeControl\x12H\n\tHeartbeat\x12\x1c.survey6.v1.HeartbeatRequest\x1a\x1d.survey6.v1.HeartbeatResponse\x12L\n\x12\x41\x63knowledgeCommand\x12\x16.survey6.v1.CommandAck\x1a\x1e.survey6.v1.CommandAckResponse\x12<\n\x05Leave\x12\x18.survey6.v1.LeaveRequest\x1a\x19.survey6.v1.LeaveResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'survey6.wire.v1.control_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CAPTURESTATE']._serialized_start=1945
-  _globals['_CAPTURESTATE']._serialized_end=2131
-  _globals['_COMMANDOUTCOME']._serialized_start=2134
-  _globals['_COMMANDOUTCOME']._serialized_end=2272
-  _globals['_INTERFACEHEALTH']._serialized_start=41
-  _globals['_INTERFACEHEALTH']._serialized_end=291
-  _globals['_SPOOLHEALTH']._serialized_start=294
-  _globals['_SPOOLHEALTH']._serialized_end=522
-  _globals['_UPLOADHEALTH']._serialized_start=524
-  _globals['_UPLOADHEALTH']._serialized_end=641
-  _globals['_HEARTBEATREQUEST']._serialized_start=644
-  _globals['_HEARTBEATREQUEST']._serialized_end=926
-  _globals['_HEARTBEATRESPONSE']._serialized_start=928
-  _globals['_HEARTBEATRESPONSE']._serialized_end=1041
-  _globals['_COMMAND']._serialized_start=1044
-  _globals['_COMMAND']._serialized_end=1329
-  _globals['_SUSPENDCAPTURE']._serialized_start=1331
-  _globals['_SUSPENDCAPTURE']._serialized_end=1347
-  _globals['_RESUMECAPTURE']._serialized_start=1349
-  _globals['_RESUMECAPTURE']._serialized_end=1364
-  _globals['_UPLOADNOW']._serialized_start=1366
-  _globals['_UPLOADNOW']._serialized_end=1377
-  _globals['_LEAVENOW']._serialized_start=1379
-  _globals['_LEAVENOW']._serialized_end=1389
-  _globals['_CONFIGCHANGE']._serialized_start=1392
-  _globals['_CONFIGCHANGE']._serialized_end=1754
-  _globals['_COMMANDACK']._serialized_start=1756
-  _globals['_COMMANDACK']._serialized_end=1871
-  _globals['_COMMANDACKRESPONSE']._serialized_start=1873
-  _globals['_COMMANDACKRESPONSE']._serialized_end=1893
-  _globals['_LEAVEREQUEST']._serialized_start=1895
-  _globals['_LEAVEREQUEST']._serialized_end=1925
-  _globals['_LEAVERESPONSE']._serialized_start=1927
-  _globals['_LEAVERESPONSE']._serialized_end=1942
-  _globals['_PROBECONTROL']._serialized_start=2275
-  _globals['_PROBECONTROL']._serialized_end=2503
+  _globals['_CAPTURESTATE']._serialized_start=2367
+  _globals['_CAPTURESTATE']._serialized_end=2553
+  _globals['_COMMANDOUTCOME']._serialized_start=2556
+  _globals['_COMMANDOUTCOME']._serialized_end=2694
+  _globals['_INTERFACEHEALTH']._serialized_start=67
+  _globals['_INTERFACEHEALTH']._serialized_end=317
+  _globals['_SPOOLHEALTH']._serialized_start=320
+  _globals['_SPOOLHEALTH']._serialized_end=648
+  _globals['_SPOOLLOSS']._serialized_start=651
+  _globals['_SPOOLLOSS']._serialized_end=867
+  _globals['_UPLOADHEALTH']._serialized_start=869
+  _globals['_UPLOADHEALTH']._serialized_end=986
+  _globals['_HEARTBEATREQUEST']._serialized_start=989
+  _globals['_HEARTBEATREQUEST']._serialized_end=1310
+  _globals['_HEARTBEATRESPONSE']._serialized_start=1313
+  _globals['_HEARTBEATRESPONSE']._serialized_end=1463
+  _globals['_COMMAND']._serialized_start=1466
+  _globals['_COMMAND']._serialized_end=1751
+  _globals['_SUSPENDCAPTURE']._serialized_start=1753
+  _globals['_SUSPENDCAPTURE']._serialized_end=1769
+  _globals['_RESUMECAPTURE']._serialized_start=1771
+  _globals['_RESUMECAPTURE']._serialized_end=1786
+  _globals['_UPLOADNOW']._serialized_start=1788
+  _globals['_UPLOADNOW']._serialized_end=1799
+  _globals['_LEAVENOW']._serialized_start=1801
+  _globals['_LEAVENOW']._serialized_end=1811
+  _globals['_CONFIGCHANGE']._serialized_start=1814
+  _globals['_CONFIGCHANGE']._serialized_end=2176
+  _globals['_COMMANDACK']._serialized_start=2178
+  _globals['_COMMANDACK']._serialized_end=2293
+  _globals['_COMMANDACKRESPONSE']._serialized_start=2295
+  _globals['_COMMANDACKRESPONSE']._serialized_end=2315
+  _globals['_LEAVEREQUEST']._serialized_start=2317
+  _globals['_LEAVEREQUEST']._serialized_end=2347
+  _globals['_LEAVERESPONSE']._serialized_start=2349
+  _globals['_LEAVERESPONSE']._serialized_end=2364
+  _globals['_PROBECONTROL']._serialized_start=2697
+  _globals['_PROBECONTROL']._serialized_end=2925
 # @@protoc_insertion_point(module_scope)

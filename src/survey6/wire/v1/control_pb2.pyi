@@ -10,6 +10,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from survey6.wire.v1 import capture_pb2 as _capture_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -137,6 +138,9 @@ class SpoolHealth(_message.Message):
     LOST_FILES_TOTAL_FIELD_NUMBER: _builtins.int
     LOST_PACKETS_TOTAL_FIELD_NUMBER: _builtins.int
     LAST_SEALED_SEQUENCE_FIELD_NUMBER: _builtins.int
+    BACKLOG_FIRST_SEQUENCE_FIELD_NUMBER: _builtins.int
+    LOSSES_RECORDED_TOTAL_FIELD_NUMBER: _builtins.int
+    LOSSES_ACKNOWLEDGED_THROUGH_FIELD_NUMBER: _builtins.int
     backlog_files: _builtins.int
     """Sealed files waiting for upload and their total size."""
     backlog_bytes: _builtins.int
@@ -152,6 +156,15 @@ class SpoolHealth(_message.Message):
     lost_packets_total: _builtins.int
     last_sealed_sequence: _builtins.int
     """Highest sequence number sealed so far."""
+    backlog_first_sequence: _builtins.int
+    """Lowest sequence number still in the spool waiting for upload; 0 when none waits. Sequences
+    from here to last_sealed_sequence that the server has not got are still on the probe.
+    """
+    losses_recorded_total: _builtins.int
+    """Loss records in the spool's loss log (the highest loss id), and the highest id the server has
+    acknowledged: the difference is still to be delivered.
+    """
+    losses_acknowledged_through: _builtins.int
     def __init__(
         self,
         *,
@@ -164,14 +177,81 @@ class SpoolHealth(_message.Message):
         lost_files_total: _builtins.int = ...,
         lost_packets_total: _builtins.int = ...,
         last_sealed_sequence: _builtins.int = ...,
+        backlog_first_sequence: _builtins.int = ...,
+        losses_recorded_total: _builtins.int = ...,
+        losses_acknowledged_through: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backlog_bytes", b"backlog_bytes", "backlog_files", b"backlog_files", "free_bytes", b"free_bytes", "full", b"full", "last_sealed_sequence", b"last_sealed_sequence", "lost_files_total", b"lost_files_total", "lost_packets_total", b"lost_packets_total", "oldest_backlog_age_s", b"oldest_backlog_age_s", "quota_bytes", b"quota_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backlog_bytes", b"backlog_bytes", "backlog_files", b"backlog_files", "backlog_first_sequence", b"backlog_first_sequence", "free_bytes", b"free_bytes", "full", b"full", "last_sealed_sequence", b"last_sealed_sequence", "losses_acknowledged_through", b"losses_acknowledged_through", "losses_recorded_total", b"losses_recorded_total", "lost_files_total", b"lost_files_total", "lost_packets_total", b"lost_packets_total", "oldest_backlog_age_s", b"oldest_backlog_age_s", "quota_bytes", b"quota_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SpoolHealth: _TypeAlias = SpoolHealth  # noqa: Y015
+
+@_typing.final
+class SpoolLoss(_message.Message):
+    """One line of the spool's loss log (docs/audit.md): packets or a whole file the probe could not keep."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    TIME_NS_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    PACKETS_FIELD_NUMBER: _builtins.int
+    INTERFACE_FIELD_NUMBER: _builtins.int
+    AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    KERNEL_DELTA_FIELD_NUMBER: _builtins.int
+    REPAIRED_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """Position in the probe's loss log, from 1; never reused."""
+    time_ns: _builtins.int
+    """Probe clock when the loss was recorded."""
+    kind: _builtins.str
+    """dropped-file (drop-oldest policy), not-written (read while the spool was full, written
+    nowhere), left-in-ring (in the kernel ring when a capture stopped) or truncated-record (a crash
+    cut the last record of a repaired file).
+    """
+    reason: _builtins.str
+    """Human-readable reason."""
+    sequence: _builtins.int
+    """The file concerned (dropped-file, truncated-record); 0 for not-written."""
+    packets: _builtins.int
+    interface: _builtins.str
+    """not-written, left-in-ring: the interface whose packets were lost, and a sequence below the
+    interface's file whose kernel window counted them (its first file above this one).
+    """
+    after_sequence: _builtins.int
+    repaired: _builtins.bool
+    @_builtins.property
+    def kernel_delta(self) -> _capture_pb2.KernelCounters:
+        """dropped-file: the file's kernel counters and interface, when its metadata had them (unset for
+        a repaired file, whose counters are unknown).
+        """
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        time_ns: _builtins.int = ...,
+        kind: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        sequence: _builtins.int = ...,
+        packets: _builtins.int = ...,
+        interface: _builtins.str = ...,
+        after_sequence: _builtins.int = ...,
+        kernel_delta: _capture_pb2.KernelCounters | None = ...,
+        repaired: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["kernel_delta", b"kernel_delta"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "id", b"id", "interface", b"interface", "kernel_delta", b"kernel_delta", "kind", b"kind", "packets", b"packets", "reason", b"reason", "repaired", b"repaired", "sequence", b"sequence", "time_ns", b"time_ns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpoolLoss: _TypeAlias = SpoolLoss  # noqa: Y015
 
 @_typing.final
 class UploadHealth(_message.Message):
@@ -217,6 +297,7 @@ class HeartbeatRequest(_message.Message):
     INTERFACES_FIELD_NUMBER: _builtins.int
     SPOOL_FIELD_NUMBER: _builtins.int
     UPLOAD_FIELD_NUMBER: _builtins.int
+    LOSSES_FIELD_NUMBER: _builtins.int
     sent_ns: _builtins.int
     """Probe clock when the heartbeat was sent (the server records the skew)."""
     uptime_s: _builtins.int
@@ -231,6 +312,10 @@ class HeartbeatRequest(_message.Message):
     def spool(self) -> Global___SpoolHealth: ...
     @_builtins.property
     def upload(self) -> Global___UploadHealth: ...
+    @_builtins.property
+    def losses(self) -> _containers.RepeatedCompositeFieldContainer[Global___SpoolLoss]:
+        """Loss records the server has not acknowledged yet, oldest first, at most 100 per heartbeat."""
+
     def __init__(
         self,
         *,
@@ -242,10 +327,11 @@ class HeartbeatRequest(_message.Message):
         interfaces: _abc.Iterable[Global___InterfaceHealth] | None = ...,
         spool: Global___SpoolHealth | None = ...,
         upload: Global___UploadHealth | None = ...,
+        losses: _abc.Iterable[Global___SpoolLoss] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spool", b"spool", "upload", b"upload"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capture_error", b"capture_error", "capture_state", b"capture_state", "interfaces", b"interfaces", "sent_ns", b"sent_ns", "software_version", b"software_version", "spool", b"spool", "upload", b"upload", "uptime_s", b"uptime_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capture_error", b"capture_error", "capture_state", b"capture_state", "interfaces", b"interfaces", "losses", b"losses", "sent_ns", b"sent_ns", "software_version", b"software_version", "spool", b"spool", "upload", b"upload", "uptime_s", b"uptime_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -258,10 +344,15 @@ class HeartbeatResponse(_message.Message):
     SERVER_TIME_NS_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _builtins.int
     COMMANDS_FIELD_NUMBER: _builtins.int
+    LOSSES_ACKNOWLEDGED_THROUGH_FIELD_NUMBER: _builtins.int
     server_time_ns: _builtins.int
     """Server clock when the response was made."""
     heartbeat_interval_ms: _builtins.int
     """Interval the server asks for until the next heartbeat."""
+    losses_acknowledged_through: _builtins.int
+    """Highest loss id of this probe the server has stored durably (0: none); the probe stops sending
+    the records up to it. Lags the records by up to one registry write interval.
+    """
     @_builtins.property
     def commands(self) -> _containers.RepeatedCompositeFieldContainer[Global___Command]:
         """Commands for the probe, oldest first; each is acknowledged with AcknowledgeCommand."""
@@ -272,10 +363,11 @@ class HeartbeatResponse(_message.Message):
         server_time_ns: _builtins.int = ...,
         heartbeat_interval_ms: _builtins.int = ...,
         commands: _abc.Iterable[Global___Command] | None = ...,
+        losses_acknowledged_through: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["commands", b"commands", "heartbeat_interval_ms", b"heartbeat_interval_ms", "server_time_ns", b"server_time_ns"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commands", b"commands", "heartbeat_interval_ms", b"heartbeat_interval_ms", "losses_acknowledged_through", b"losses_acknowledged_through", "server_time_ns", b"server_time_ns"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
