@@ -10,6 +10,7 @@ Both serve the standard health and reflection services.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 from concurrent import futures
@@ -23,9 +24,11 @@ from grpc_reflection.v1alpha import reflection
 from survey6.server.attempts import JoinAttempts
 from survey6.server.errors import NotInitialisedError
 from survey6.server.fleet import Fleet
+from survey6.server.history import prune_history
 from survey6.server.pki import CertificateAuthority
 from survey6.server.queue import Drainer, IngestQueue
 from survey6.server.registry import db
+from survey6.server.registry.models import utcnow
 from survey6.server.rpc.services import EnrolmentService, ProbeControlService
 from survey6.server.rpc.upload_service import UploadService
 from survey6.server.settings import ServerSettings
@@ -50,6 +53,7 @@ RPC_WORKERS = 32
 SWEEP_INTERVAL_S = 0.5
 REFRESH_INTERVAL_S = 1.0
 TOKEN_CLEANUP_INTERVAL_S = 3600.0
+HISTORY_PRUNE_INTERVAL_S = 3600.0
 STOP_GRACE_S = 5.0
 # Upload chunks carry at most 1 MiB of data; the rest is headroom for the header and framing.
 MAX_RECEIVE_MESSAGE_BYTES = 2 << 20  # 2 MiB
@@ -129,6 +133,7 @@ class ServerApp:
         self._background(self.fleet.sweep, "liveness", SWEEP_INTERVAL_S)
         self._background(self.fleet.refresh, "refresh", REFRESH_INTERVAL_S)
         self._background(self._cleanup_tokens, "tokens", TOKEN_CLEANUP_INTERVAL_S)
+        self._background(self._prune_history, "history", HISTORY_PRUNE_INTERVAL_S)
         self._background(self.uploads.remove_abandoned_parts, "parts", self.uploads.cleanup_interval_s)
         drainer = threading.Thread(target=self.drainer.run, name="ingest-outbox", daemon=True)
         drainer.start()
@@ -207,6 +212,10 @@ class ServerApp:
     def _cleanup_tokens(self) -> None:
         with self.sessions.begin() as session:
             delete_stale_tokens(session)
+
+    def _prune_history(self) -> None:
+        retention = dt.timedelta(seconds=self.settings.liveness.history_retention_s)
+        prune_history(self.sessions, utcnow() - retention)
 
     def wait(self) -> None:
         self._stop.wait()

@@ -18,6 +18,9 @@ class LivenessSettings(StrictModel):
     offline_after_s: Seconds = Field(default=60.0, gt=0)
     # Heartbeats are kept in memory and written to the registry in batches this often.
     write_behind_interval_s: Seconds = Field(default=2.0, gt=0)
+    # Health history samples older than this are deleted (each probe's newest is kept). The web
+    # UI's charts look back 24 h; about 2,900 samples per probe per day are written.
+    history_retention_s: Seconds = Field(default=7 * 24 * 3600.0, gt=0)  # 7 days
 
 
 class UploadSettings(StrictModel):
