@@ -64,8 +64,10 @@ class EnrolmentSettings(StrictModel):
     # Guesses one client may make within the window; then its Joins are refused
     # (RESOURCE_EXHAUSTED, with the seconds to wait) until its oldest guess leaves the window.
     failures_per_client: int = Field(default=10, ge=1)
-    # Guesses from all clients together within the window; past it every Join is refused until
-    # the window moves on (a guesser spread over many addresses).
+    # Guesses from all clients together within the window; past it, Joins from clients that have
+    # guessed in the window are refused too (a guesser spread over many addresses then gets one
+    # guess per address). A client without a guess still joins: a secret (~82 bits) is out of
+    # reach of brute force, so this bounds noise and log volume, not the odds of a guess.
     failures_total: int = Field(default=200, ge=1)
     # An IPv6 client counts by this prefix of its address (a host usually holds a whole /64);
     # IPv4 clients count per address.

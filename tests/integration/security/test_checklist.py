@@ -9,15 +9,17 @@ The test below keeps this list honest: every test named here must exist.
      RESOURCE_EXHAUSTED with grpc-retry-pushback-ms; a valid token from another address still
      joins; every failure logged with peer and token id, never a secret; counted on /metrics:
      security/test_token_guessing.py::test_guesses_from_one_address_are_limited_logged_and_counted
-   - guesses spread over addresses meet the total limit:
-     security/test_token_guessing.py::test_guesses_spread_over_addresses_meet_the_total_limit
+   - an IPv6 client is one client (its /64) whatever source port each connection has:
+     security/test_token_guessing.py::test_an_ipv6_client_is_limited_however_many_connections_it_opens
+   - past the total, clients that guessed are refused; a client that never did still joins:
+     security/test_token_guessing.py::test_past_the_total_a_client_that_never_guessed_still_joins
    - a known token that is used up or revoked is no guess (a fleet joining with one token is
      never locked out):
      security/test_token_guessing.py::test_a_known_token_that_cannot_be_used_is_not_a_guess
    - the window, the total, the memory bound and the client key (IPv6 per /64, IPv4-mapped as
      IPv4) with a test clock:
      security/test_token_guessing.py::test_a_client_is_refused_after_its_failures_until_the_window_moves_on
-     security/test_token_guessing.py::test_the_total_limits_every_client
+     security/test_token_guessing.py::test_past_the_total_only_clients_that_failed_are_refused
      security/test_token_guessing.py::test_clients_tracked_stay_bounded_under_a_flood_of_addresses
      security/test_token_guessing.py::test_the_client_a_peer_counts_as
      security/test_token_guessing.py::test_the_limits_are_settings_with_units

@@ -128,8 +128,8 @@ class EnrolmentService(enrolment_pb2_grpc.EnrolmentServicer):
     def _refuse_if_limited(
         self, context: grpc.ServicerContext, peer: str, client: str, token_id: str
     ) -> None:
-        """Aborts a Join (before its token is looked at) from a client over its guess limit, or from
-        anyone while all clients together are over theirs."""
+        """Aborts a Join (before its token is looked at) from a client over its guess limit, or from a
+        client that has guessed while all clients together are over theirs."""
         refusal = self.attempts.check(client)
         if refusal is None:
             return
@@ -143,7 +143,7 @@ class EnrolmentService(enrolment_pb2_grpc.EnrolmentServicer):
             extra={"peer": peer, "client": client, "token_id": token_id, "limit": refusal.scope},
         )
         context.set_trailing_metadata(((RETRY_PUSHBACK_KEY, str(wait_s * 1000)),))
-        who = "your address" if refusal.scope == "client" else "all addresses"
+        who = "your address" if refusal.scope == "client" else "all addresses (yours among them)"
         context.abort(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             f"too many failed join attempts from {who}; try again in {wait_s} s",
