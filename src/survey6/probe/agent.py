@@ -25,7 +25,7 @@ from survey6.common.files import write_atomically
 from survey6.probe import identity as identity_store
 from survey6.probe import standalone
 from survey6.probe.capture import Capture, Provenance
-from survey6.probe.errors import AgentError, ProbeError
+from survey6.probe.errors import AgentError, ProbeError, SpoolError
 from survey6.probe.identity import Credentials, Identity
 from survey6.probe.linkmonitor import LinkMonitor
 from survey6.probe.settings import ProbeSettings
@@ -218,7 +218,15 @@ class Agent:
             for thread in self._threads:
                 thread.thread.join()
             for capture in self.captures:
-                self._record_ring_leftover(capture)
+                try:
+                    self._record_ring_leftover(capture)
+                except (SpoolError, OSError) as exc:
+                    # Go on: the captures must be let go, or a second stop would record it twice.
+                    log.error(
+                        "cannot record what capture %s left in the kernel ring: %s",
+                        capture.options.interface,
+                        exc,
+                    )
             for capture in self.captures:
                 carried = self._carried.setdefault(capture.options.interface, [0, 0, 0, 0])
                 kernel = capture.status.kernel
@@ -307,11 +315,21 @@ class Agent:
         self.last_heartbeat_ok = time.monotonic()
         if response.heartbeat_interval_ms:
             self.interval_s = response.heartbeat_interval_ms / 1000
-        if response.losses_acknowledged_through and self.spool is not None:
-            self.spool.acknowledge_losses(response.losses_acknowledged_through)
+        if response.losses_acknowledged_through:
+            self.acknowledge_losses(response.losses_acknowledged_through)
         for command in response.commands:
             self._handle(stub, command)
         return self.interval_s
+
+    def acknowledge_losses(self, through: int) -> None:
+        """Passes the server's acknowledgement to the spool. A spool that cannot save it (full disk,
+        I/O error) only means the records are sent again: the heartbeat and the probe carry on."""
+        if self.spool is None:
+            return
+        try:
+            self.spool.acknowledge_losses(through)
+        except (SpoolError, OSError) as exc:
+            log.error("cannot save the server's acknowledgement of loss records through %d: %s", through, exc)
 
     def _backoff_s(self) -> float:
         ceiling = min(MAX_BACKOFF_S, self.interval_s * 2 ** min(self.heartbeat_failures, 16))
@@ -340,7 +358,7 @@ class Agent:
                 lost_files_total=state.lost_files_total,
                 lost_packets_total=state.lost_packets_total,
                 last_sealed_sequence=state.last_sequence,
-                backlog_first_sequence=usage.oldest_ready_sequence,
+                backlog_first_sequence=usage.oldest_sequence,
                 losses_recorded_total=self.spool.losses_recorded_total,
                 losses_acknowledged_through=state.losses_acknowledged_through,
             ),

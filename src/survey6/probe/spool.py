@@ -14,9 +14,13 @@ Sequence numbers are per probe and gapless: the next one is one more than the hi
 ``state.json``, ``open/`` and ``ready/``. A file leaves ``ready/`` only through :meth:`Spool.delivered`
 (the server confirmed it durable) or through the drop-oldest policy, which records the loss.
 
-Loss records (``docs/audit.md``): each line of ``losses.jsonl`` has an id, its line number from 1.
-The heartbeat carries the records above ``losses_acknowledged_through`` (in ``state.json``), and the
-server's acknowledgement raises that mark, so each record reaches the server once.
+Loss records (``docs/audit.md``): each line of ``losses.jsonl`` has an id, one more than the highest
+id recorded before, kept in ``state.json`` too (``losses_recorded_through``) so that an id is never
+used twice even if the log is lost. The heartbeat carries the records above
+``losses_acknowledged_through`` (in ``state.json``), and the server's acknowledgement raises that
+mark, so each record reaches the server once. A record is appended and fsynced before anything it
+describes happens (a dropped file is deleted after its record), and a failed append is cut back, so
+the log holds whole lines only; the state's loss counters follow the log (see :meth:`Spool.open`).
 
 Durability order: a sequence's reservation in ``open/`` is made durable by :meth:`Spool.sync_open`,
 off the capture thread, and at the latest before any sequence is sealed into ``ready/``; so a crash
@@ -63,6 +67,9 @@ class SpoolState:
     delivered_bytes_total: int = 0
     # Highest loss id the server acknowledged as stored.
     losses_acknowledged_through: int = 0
+    # Highest loss id recorded, and counted in the totals above; -1 in a state written before it was
+    # kept (then the log's highest id is taken as counted).
+    losses_recorded_through: int = -1
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,8 @@ class SpoolUsage:
     oldest_ready_mtime: float | None
     # Lowest sequence in ready/; 0 when none waits.
     oldest_ready_sequence: int = 0
+    # Lowest sequence still on the probe, in open/ (being written) or ready/; 0 when none is.
+    oldest_sequence: int = 0
 
 
 class Spool:
@@ -109,6 +118,8 @@ class Spool:
         # Loss records not yet acknowledged, oldest first, and the highest loss id in the log.
         self._unacknowledged: list[dict[str, Any]] = []
         self.losses_recorded_total = 0
+        # Length of the loss log after its last whole record: a failed append is cut back to it.
+        self._losses_size = 0
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -136,6 +147,7 @@ class Spool:
             raise SpoolLockedError(f"spool {self.root} is in use by another survey6 process") from exc
         self.state = self._load_state()
         self._load_losses()
+        self._finish_drops()
 
     def close(self) -> None:
         if self._lock_fd is not None:
@@ -336,6 +348,7 @@ class Spool:
 
     def usage(self) -> SpoolUsage:
         ready = self.ready_files()
+        open_sequences = self.open_sequences()
         open_bytes = sum(p.stat().st_size for p in self.open_dir.glob(f"*{PART_SUFFIX}") if p.exists())
         ready_bytes = sum(f.size_bytes for f in ready)
         stat = os.statvfs(self.root)
@@ -352,6 +365,7 @@ class Spool:
             ready_bytes=ready_bytes,
             oldest_ready_mtime=oldest,
             oldest_ready_sequence=ready[0].sequence if ready else 0,
+            oldest_sequence=min([*open_sequences[:1], *(f.sequence for f in ready[:1])], default=0),
         )
 
     def is_full(self, usage: SpoolUsage | None = None) -> bool:
@@ -393,16 +407,29 @@ class Spool:
                 "sidecar of dropped file %s unreadable; counting its packets as unknown", victim.path
             )
             packets = 0
-        victim.sidecar.unlink(missing_ok=True)
-        victim.path.unlink(missing_ok=True)
-        fsync_directory(self.ready_dir)
-        self.state.lost_files_total += 1
-        self.state.lost_packets_total += packets
-        self._save_state()
+        # The record first: a crash before the deletion leaves a recorded file in ready/, which
+        # open() deletes; the other order could leave a gap that nothing explains.
         self._record_loss(DROPPED_FILE, "spool full: dropped oldest file", victim.sequence, packets, extra)
+        self._delete_ready(victim.path)
         log.warning(
             "spool full: dropped oldest file", extra={"sequence": victim.sequence, "packets": packets}
         )
+
+    def _delete_ready(self, path: Path) -> None:
+        sidecar.sidecar_path(path).unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+        fsync_directory(self.ready_dir)
+
+    def _finish_drops(self) -> None:
+        """Deletes the files in ``ready/`` whose drop was recorded before a crash stopped it."""
+        ready = {f.sequence: f for f in self.ready_files()}
+        if not ready:
+            return
+        for loss in self.losses():
+            victim = ready.get(loss.get("sequence"))  # type: ignore[arg-type]
+            if loss["kind"] == DROPPED_FILE and victim is not None:
+                log.warning("finishing the drop of file %d, recorded before a crash", victim.sequence)
+                self._delete_ready(victim.path)
 
     def record_lost_packets(
         self,
@@ -419,12 +446,13 @@ class Spool:
         The record names `after_sequence`, by default the highest sequence reserved now: the capture
         of `interface` begins its next file only after this, so that file is the first of the
         interface above it, and its kernel window is the one that counted these packets.
+
+        Raises:
+            SpoolError: the record cannot be written (nothing is counted).
         """
         if packets <= 0:
             return
         with self._lock:
-            self.state.lost_packets_total += packets
-            self._save_state()
             after = self._highest_sequence() if after_sequence is None else after_sequence
             extra = {"interface": interface, "after_sequence": after}
             self._record_loss(kind, reason, None, packets, extra)
@@ -441,8 +469,6 @@ class Spool:
                 for loss in self.losses()
             ):
                 return
-            self.state.lost_packets_total += 1
-            self._save_state()
             why = "a corrupt record header" if corrupt else "a partial last record"
             reason = f"crash repair: cut {bytes_cut} bytes of {why}"
             self._record_loss(TRUNCATED_RECORD, reason, sequence, 1, {"bytes_cut": bytes_cut})
@@ -450,6 +476,11 @@ class Spool:
     def _record_loss(
         self, kind: str, reason: str, sequence: int | None, packets: int, extra: dict[str, Any]
     ) -> None:
+        """Appends a record durably, then counts it (the caller holds the lock).
+
+        Raises:
+            SpoolError: the record cannot be made durable; the log is left as it was.
+        """
         entry = {
             "id": self.losses_recorded_total + 1,
             "kind": kind,
@@ -459,29 +490,67 @@ class Spool:
             "packets": packets,
             **extra,
         }
-        with open(self._losses_path, "a", encoding="utf-8") as stream:
-            stream.write(json.dumps(entry) + "\n")
-            stream.flush()
-            os.fsync(stream.fileno())
-        self.losses_recorded_total += 1
+        self._append_loss((json.dumps(entry) + "\n").encode())
+        self.losses_recorded_total = entry["id"]
         self._unacknowledged.append(entry)
+        _count(self.state, entry)
+        self.state.losses_recorded_through = self.losses_recorded_total
+        try:
+            self._save_state()
+        except OSError as exc:
+            # The record is durable: open() counts it again from the log if this state is lost.
+            log.warning("spool state not saved after a loss record (kept in the log): %s", exc.strerror)
+
+    def _append_loss(self, line: bytes) -> None:
+        """Appends one line to the loss log and fsyncs it; on any error cuts the log back."""
+        try:
+            fd = os.open(self._losses_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise SpoolError(f"cannot open spool loss log {self._losses_path}: {exc.strerror}") from exc
+        try:
+            if os.fstat(fd).st_size != self._losses_size:  # an earlier cut back failed
+                os.ftruncate(fd, self._losses_size)
+            view = memoryview(line)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+            self._losses_size += len(line)
+        except OSError as exc:
+            try:
+                os.ftruncate(fd, self._losses_size)
+                os.fsync(fd)
+            except OSError as cut_exc:  # tried again before the next append, and at the next open
+                log.error("cannot cut back the loss log %s: %s", self._losses_path, cut_exc.strerror)
+            raise SpoolError(f"cannot write spool loss log {self._losses_path}: {exc.strerror}") from exc
+        finally:
+            os.close(fd)
 
     def losses(self) -> Iterator[dict[str, Any]]:
-        """The loss log, oldest first, each record with its ``id`` and ``kind`` (older logs lack them)."""
+        """The loss log, oldest first, each record with its ``id`` and ``kind`` (older logs lack them).
+
+        Raises:
+            SpoolError: a line is not a JSON object (:meth:`open` sets such a log aside).
+        """
         if not self._losses_path.exists():
             return
-        with open(self._losses_path, encoding="utf-8") as stream:
+        with open(self._losses_path, "rb") as stream:
             number = 0
             for line in stream:
                 if line.strip():
                     number += 1
-                    yield _completed(json.loads(line), number)
+                    record = _parse_record(line)
+                    if record is None:
+                        raise SpoolError(f"spool loss log {self._losses_path}: line {number} is not a record")
+                    yield _completed(record, number)
 
     def _load_losses(self) -> None:
-        """Counts the log's records and keeps those the server has not acknowledged.
+        """Reads the log, keeps the records the server has not acknowledged, and brings the state's
+        loss counters up to date with records a crash wrote before the state.
 
         A last line without its newline was cut by a crash before its fsync returned: nobody can
-        have acknowledged it, and appending after it would corrupt the next record, so it goes.
+        have acknowledged it, and appending after it would corrupt the next record, so it goes. A
+        log with any other unreadable line (a disk error, an older version's bug) is set aside whole,
+        with a warning, and its readable records are kept: the probe must start all the same.
         """
         try:
             data = self._losses_path.read_bytes()
@@ -489,19 +558,47 @@ class Spool:
             data = b""
         except OSError as exc:
             raise SpoolError(f"spool loss log {self._losses_path} is unreadable: {exc.strerror}") from exc
-        if data and not data.endswith(b"\n"):
-            keep = data.rfind(b"\n") + 1
-            log.warning("loss log %s ends in a partial record; cutting it", self._losses_path)
-            with open(self._losses_path, "r+b") as stream:
-                stream.truncate(keep)
-                os.fsync(stream.fileno())
+        records, whole, bad = _parse_log(data)
         try:
-            records = list(self.losses())
-        except ValueError as exc:
-            raise SpoolError(f"spool loss log {self._losses_path} is not JSON lines: {exc}") from exc
-        self.losses_recorded_total = len(records)
+            if bad:
+                self._set_log_aside(data, records, bad)
+            elif len(whole) != len(data):
+                log.warning("loss log %s ends in a partial record; cutting it", self._losses_path)
+                with open(self._losses_path, "r+b") as stream:
+                    stream.truncate(len(whole))
+                    os.fsync(stream.fileno())
+        except OSError as exc:
+            raise SpoolError(f"cannot repair spool loss log {self._losses_path}: {exc.strerror}") from exc
+        self._losses_size = self._losses_path.stat().st_size if self._losses_path.exists() else 0
+        highest = max((r["id"] for r in records), default=0)
+        counted = self.state.losses_recorded_through
+        if counted >= 0:
+            for record in records:
+                if record["id"] > counted:  # written, then a crash before the state was saved
+                    _count(self.state, record)
+        self.losses_recorded_total = max(highest, counted)
+        self.state.losses_recorded_through = self.losses_recorded_total
+        if self.losses_recorded_total != max(counted, 0):
+            try:
+                self._save_state()
+            except OSError as exc:  # counted again from the log at the next open
+                log.warning("spool state not saved after reading the loss log: %s", exc.strerror)
         mark = self.state.losses_acknowledged_through
         self._unacknowledged = [r for r in records if r["id"] > mark]
+
+    def _set_log_aside(self, data: bytes, records: list[dict[str, Any]], bad: list[int]) -> None:
+        aside = self._losses_path.with_name(f"{self._losses_path.name}.corrupt-{time.time_ns()}")
+        log.warning(
+            "loss log %s has %d unreadable line(s) (the first is line %d): set aside as %s; "
+            "its %d readable records are kept",
+            self._losses_path,
+            len(bad),
+            bad[0],
+            aside.name,
+            len(records),
+        )
+        write_atomically(aside, data)
+        write_atomically(self._losses_path, b"".join((json.dumps(r) + "\n").encode() for r in records))
 
     def unacknowledged_losses(self, limit: int) -> list[dict[str, Any]]:
         """The oldest `limit` loss records the server has not acknowledged."""
@@ -514,9 +611,52 @@ class Spool:
             through = min(through, self.losses_recorded_total)
             if through <= self.state.losses_acknowledged_through:
                 return
-            self.state.losses_acknowledged_through = through
-            self._save_state()
+            previous, self.state.losses_acknowledged_through = self.state.losses_acknowledged_through, through
+            try:
+                self._save_state()
+            except OSError:
+                self.state.losses_acknowledged_through = previous  # not durable: send them again
+                raise
             self._unacknowledged = [r for r in self._unacknowledged if r["id"] > through]
+
+
+def _count(state: SpoolState, record: dict[str, Any]) -> None:
+    """Adds a loss record to the state's totals."""
+    state.lost_packets_total += int(record.get("packets") or 0)
+    if record["kind"] == DROPPED_FILE:
+        state.lost_files_total += 1
+
+
+def _parse_record(line: bytes) -> dict[str, Any] | None:
+    """One line of the loss log as a record, or None if it is not a JSON object."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    # The fields the counts and the acknowledgement rest on must be numbers.
+    if not all(type(record.get(key, 0)) is int for key in ("id", "packets")):
+        return None
+    return record
+
+
+def _parse_log(data: bytes) -> tuple[list[dict[str, Any]], bytes, list[int]]:
+    """The log's readable records (completed), its whole lines, and the numbers of unreadable ones."""
+    whole = data[: data.rfind(b"\n") + 1]
+    records: list[dict[str, Any]] = []
+    bad: list[int] = []
+    number = 0
+    for line in whole.splitlines():
+        if not line.strip():
+            continue
+        number += 1
+        record = _parse_record(line)
+        if record is None:
+            bad.append(number)
+        else:
+            records.append(_completed(record, number))
+    return records, whole, bad
 
 
 def _completed(record: dict[str, Any], number: int) -> dict[str, Any]:

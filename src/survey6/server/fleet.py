@@ -92,6 +92,8 @@ class ProbeEntry:
     # Highest loss id written to the registry (acknowledged to the probe), and queued for writing.
     losses_stored: int = 0
     losses_queued: int = 0
+    # The probe's last heartbeat counted fewer loss records than the registry holds (logged once).
+    losses_behind: bool = False
 
 
 @dataclass
@@ -239,14 +241,40 @@ class Fleet:
             entry.dirty = True
             entry.newly_delivered.update(entry.pending)
             commands = list(entry.pending.values())
-            for loss in sorted(request.losses, key=lambda item: item.id):
-                if loss.id > entry.losses_queued:  # re-sent until acknowledged: queue each once
-                    self._losses.append((entry, losses.row(probe_id, loss, now)))
-                    entry.losses_queued = loss.id
+            self._queue_losses(entry, request, now)
             change = self._transition(entry, now)
         if change is not None:
             _log_change(*change)
         return commands
+
+    def _queue_losses(
+        self, entry: ProbeEntry, request: control_pb2.HeartbeatRequest, now: dt.datetime
+    ) -> None:
+        """Queues the heartbeat's loss records not queued before (the caller holds the lock)."""
+        recorded = request.spool.losses_recorded_total
+        if request.HasField("spool") and recorded < entry.losses_stored and not entry.losses_behind:
+            # Its loss log and spool state were lost or replaced: records it makes now reuse ids the
+            # registry holds, and are taken as already stored until the probe passes them.
+            log.warning(
+                "probe %s reports %d loss records, but the registry holds %d: its spool was reset",
+                entry.probe_id,
+                recorded,
+                entry.losses_stored,
+            )
+        entry.losses_behind = request.HasField("spool") and recorded < entry.losses_stored
+        queued = 0
+        for loss in sorted(request.losses, key=lambda item: item.id):
+            if loss.id <= entry.losses_queued:  # re-sent until acknowledged: queue each once
+                continue
+            if loss.id > losses.COLUMN_MAX or queued >= losses.MAX_LOSSES_PER_HEARTBEAT:
+                if loss.id > losses.COLUMN_MAX:
+                    log.warning(
+                        "probe %s sent loss record id %d, out of range: ignored", entry.probe_id, loss.id
+                    )
+                break  # ids are ascending: the rest waits for the next heartbeat, or never fits
+            self._losses.append((entry, losses.row(entry.probe_id, loss, now)))
+            entry.losses_queued = loss.id
+            queued += 1
 
     def losses_acknowledged(self, probe_id: str) -> int:
         """The highest loss id of the probe the registry holds: the heartbeat response's ack."""
@@ -444,8 +472,37 @@ class Fleet:
             ):
                 if rows:
                     session.execute(statement, rows)
-            if batch.losses:
+        if batch.losses:
+            self._write_losses(batch)
+
+    def _write_losses(self, batch: _Batch) -> None:
+        """Writes the loss records in a transaction of their own, after the heartbeats: a record the
+        database refuses must not hold back the registry. If all together fail, each probe's go
+        separately, and only the failing probes' records are kept for the next flush (logged)."""
+        try:
+            with self.sessions.begin() as session:
                 losses.insert_ignoring_stored(session, [loss for _, loss in batch.losses])
+            return
+        except (SQLAlchemyError, ArithmeticError, ValueError):
+            log.debug("loss records not written together; writing each probe's on its own")
+        by_probe: dict[str, list[tuple[ProbeEntry, dict[str, Any]]]] = {}
+        for item in batch.losses:
+            by_probe.setdefault(item[0].probe_id, []).append(item)
+        kept: list[tuple[ProbeEntry, dict[str, Any]]] = []
+        for probe_id, items in by_probe.items():
+            try:
+                with self.sessions.begin() as session:
+                    losses.insert_ignoring_stored(session, [loss for _, loss in items])
+            except (SQLAlchemyError, ArithmeticError, ValueError) as exc:
+                log.warning(
+                    "loss records of probe %s not written; kept for the next flush: %s", probe_id, exc
+                )
+                kept.extend(items)
+        if kept:
+            with self._lock:
+                self._losses[:0] = kept
+        unwritten = {id(row) for _, row in kept}
+        batch.losses = [item for item in batch.losses if id(item[1]) not in unwritten]
 
     def _give_back(self, batch: _Batch) -> None:
         with self._lock:

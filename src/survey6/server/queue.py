@@ -43,6 +43,7 @@ DRAIN_BATCH_ROWS = 100
 DEFAULT_JOB_TIMEOUT_S = 3600.0
 RESULT_BATCH_MESSAGES = 500  # results recorded per drain round at most; the rest wait for the next
 RESULT_STATES = frozenset({catalog.INGESTED, catalog.FAILED})
+COUNT_MAX = 2**63 - 1  # the largest count or sequence the catalog's BIGINT columns hold
 # A result may move a file that is durable to ingested/failed; "received" has no job yet.
 _RESULT_FROM_STATES = frozenset({catalog.STORED, catalog.QUEUED, catalog.INGESTED, catalog.FAILED})
 RESULT_DETAIL_MAX_CHARS = 2000
@@ -186,6 +187,11 @@ class IngestResult:
             if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
                 raise ValueError(f"{name} is not an int")
             counts[name] = value
+        # The catalog's columns are signed 64-bit: a value outside would fail the write, every time,
+        # and hold every later result back behind it.
+        for name, value in [("sequence", data["sequence"]), ("packets", data["packets"]), *counts.items()]:
+            if value is not None and not 0 <= value <= COUNT_MAX:
+                raise ValueError(f"{name} {value} is out of range (0 to 2^63-1)")
         if not isinstance(data.get("quarantined", False), bool):
             raise ValueError("quarantined is not a bool")
         return cls(

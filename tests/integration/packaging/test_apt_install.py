@@ -28,7 +28,8 @@ import pytest
 from support.debian_root import run_in_root
 from support.fleet_processes import ServerProcess
 
-pytestmark = pytest.mark.slow
+# The session's package build and debootstrap may run inside this test's set-up.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 VIEWER = ("installer", "installer-password-1")
 INSTALL_LINES = re.compile(r'<pre id="apt-install">(.*?)</pre>', re.S)

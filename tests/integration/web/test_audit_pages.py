@@ -140,3 +140,20 @@ def test_the_audit_needs_a_login(web_env: WebEnv, viewer: tuple[FlaskClient, str
     assert anonymous.get("/audit").status_code in (302, 303)
     client, _ = viewer
     assert client.get("/audit").status_code == 200
+
+
+def test_the_report_is_computed_again_only_once_it_is_older_than_the_cache_time(
+    web_env: WebEnv, admin: tuple[FlaskClient, str]
+) -> None:
+    client, _ = admin
+    probe_id = web_env.enrol("alpha")
+    web_env.fleet.heartbeat(probe_id, spool_heartbeat(last_sealed=2, losses=[], recorded=0))
+    web_env.fleet.flush()
+    land(web_env, probe_id, 1, 5)
+    web_env.app.config["SURVEY6_AUDIT_CACHE_S"] = 3600.0
+    first = client.get("/api/audit").get_json()
+    land(web_env, probe_id, 2, 5)
+    assert client.get("/api/audit").get_json() == first  # served again, not recomputed
+    web_env.app.config["SURVEY6_AUDIT_CACHE_S"] = 0.0
+    fresh = client.get("/api/audit").get_json()
+    assert fresh["probes"][0]["sequences"]["landed"] == [[1, 2]]

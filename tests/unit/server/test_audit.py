@@ -335,3 +335,67 @@ def test_packets_a_stop_left_in_the_ring_balance_the_last_files_window(
     kernel = identity(probe, "kernel")
     assert kernel["holds"] and kernel["runs"][0]["lost_not_written"] == 4
     assert probe["terms"]["lost_left_in_ring"] == 4 and probe["terms"]["lost_not_written"] == 0
+
+
+def test_a_difference_while_loss_records_are_still_on_the_probe_is_pending(
+    sessions: sessionmaker[Session],
+) -> None:
+    with sessions.begin() as session:
+        # File 2 was repaired; its truncated-record loss (id 1) and a not-written loss (id 2) that
+        # belongs to file 2's run have not arrived yet.
+        add_probe(session, last_sealed=2, losses_recorded=2)
+        add_file(session, 1, 5, received=5)
+        add_file(session, 2, 5, received=9, truncated_bytes=7)
+    document = run(sessions)
+    probe = only_probe(document)
+    assert probe["terms"]["losses_pending_on_probe"] == 2
+    written, kernel = identity(probe, "written"), identity(probe, "kernel")
+    assert (written["status"], written["holds"], written["difference"]) == ("pending", False, 1)
+    assert kernel["status"] == "pending" and [r["status"] for r in kernel["runs"]] == ["pending"]
+    assert document["exit_code"] == audit.EXIT_OK and probe["ok"]  # exit 3 before the fix
+    assert document["summary"]["identities_failed"] == 0
+    assert "written pending" in audit.render_text(document).replace("  ", " ")
+
+
+def test_with_nothing_pending_the_same_difference_fails(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        add_probe(session, last_sealed=2, losses_recorded=0)
+        add_file(session, 1, 5, received=5)
+        add_file(session, 2, 5, received=9, truncated_bytes=7)
+    document = run(sessions)
+    probe = only_probe(document)
+    assert identity(probe, "written")["status"] == "fails"
+    assert identity(probe, "kernel")["status"] == "fails"
+    assert document["exit_code"] == audit.EXIT_IDENTITY_FAILS
+
+
+def test_a_loss_of_a_kind_the_audit_does_not_know_is_reported(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        add_probe(session, last_sealed=1, losses_recorded=2)
+        add_file(session, 1, 5)
+        add_loss(session, 1, "invalid", 0)
+        add_loss(session, 2, "lost-in-space", 7)
+    document = run(sessions)
+    probe = only_probe(document)
+    assert (probe["terms"]["unknown_kind_records"], probe["terms"]["lost_unknown_kind"]) == (2, 7)
+    assert not probe["ok"] and not document["ok"]
+    assert document["exit_code"] == audit.EXIT_GAPS
+    assert "unknown_kind_records 2" in audit.render_text(document)
+
+
+def test_a_huge_sequence_from_a_heartbeat_is_a_range_not_a_loop(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        add_probe(session, last_sealed=10**12, backlog_first=5)
+        for sequence in (1, 2, 4, 6):
+            add_file(session, sequence, 5)
+        add_file(session, 9, 5, interface="eth1")
+    probe = only_probe(run(sessions))  # looped to 10**12 before the fix
+    assert probe["sequences"]["gaps"] == [[3, 3]]
+    assert probe["sequences"]["pending_on_probe"] == [[5, 5], [7, 8], [10, 10**12]]
+    runs = identity(probe, "kernel")["runs"]
+    assert [(r["first_sequence"], r["last_sequence"], r["status"]) for r in runs] == [
+        (1, 2, "holds"),
+        (4, 4, "holds"),
+        (6, 6, "holds"),
+        (9, 9, "holds"),
+    ]
