@@ -25,6 +25,7 @@ _FILE_FORMATS = frozenset({"pcap", "pcapng"})
 # The registry and the aggregator's ledger store these uint64 fields as signed 64-bit integers.
 MAX_STORED_INT = (1 << 63) - 1
 _STORED_INT_FIELDS = ("sequence", "packets", "captured_bytes", "file_size_bytes")
+_STORED_KERNEL_FIELDS = ("received_packets", "dropped_packets", "interface_dropped_packets")
 MAX_REASON_CHARS = 200
 
 
@@ -68,6 +69,12 @@ def validate(metadata: capture_pb2.CaptureMetadata, source: str = "metadata") ->
         for name in _STORED_INT_FIELDS
         if getattr(metadata, name) > MAX_STORED_INT
     ]
+    # These go into 64-bit columns of the catalog too (docs/audit.md).
+    for name in _STORED_KERNEL_FIELDS:
+        if getattr(metadata.kernel_delta, name) > MAX_STORED_INT:
+            problems.append(f"kernel_delta.{name} is larger than {MAX_STORED_INT}")
+    if metadata.repaired_truncated_bytes > MAX_STORED_INT:
+        problems.append(f"repaired_truncated_bytes is larger than {MAX_STORED_INT}")
     if metadata.schema_version != SCHEMA_VERSION:
         problems.append(f"schema_version {metadata.schema_version} is not {SCHEMA_VERSION}")
     if metadata.sequence < 1:

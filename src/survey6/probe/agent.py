@@ -218,15 +218,7 @@ class Agent:
             for thread in self._threads:
                 thread.thread.join()
             for capture in self.captures:
-                try:
-                    self._record_ring_leftover(capture)
-                except (SpoolError, OSError) as exc:
-                    # Go on: the captures must be let go, or a second stop would record it twice.
-                    log.error(
-                        "cannot record what capture %s left in the kernel ring: %s",
-                        capture.options.interface,
-                        exc,
-                    )
+                self._record_ring_leftover(capture)  # logs what it cannot record: the stop goes on
             for capture in self.captures:
                 carried = self._carried.setdefault(capture.options.interface, [0, 0, 0, 0])
                 kernel = capture.status.kernel
@@ -237,31 +229,8 @@ class Agent:
             self.captures, self._threads = [], []
 
     def _record_ring_leftover(self, capture: Capture) -> None:
-        """Records what a stopped capture's last kernel window counted but nobody wrote (docs/audit.md).
-
-        The kernel counts a packet when it enters the ring; at a rotation the ring's packets go into
-        the next file, but at a stop they go nowhere. The capture's first window starts at the handle's
-        activation, so over its life the kernel's count less its drops, what was written and what was
-        read while the spool was full leaves exactly them. They are recorded as lost (kind
-        ``left-in-ring``) in the run of the capture's last file.
-        """
-        status = capture.status
-        kernel = status.kernel
-        leftover = kernel.received - kernel.dropped - status.packets_written - status.packets_lost_spool_full
-        if leftover <= 0 or not status.last_sealed_sequence or self.spool is None:
-            return
-        self.spool.record_lost_packets(
-            leftover,
-            "capture stopped: packets left in the kernel ring",
-            interface=capture.options.interface,
-            after_sequence=status.last_sealed_sequence - 1,
-            kind=LEFT_IN_RING,
-        )
-        log.warning(
-            "capture stopped with %d packets in the kernel ring; recorded as lost",
-            leftover,
-            extra={"interface": capture.options.interface},
-        )
+        if self.spool is not None:
+            record_ring_leftover(self.spool, capture)
 
     def capture_state(self) -> control_pb2.CaptureState.ValueType:
         with self._lock:
@@ -586,3 +555,42 @@ class Agent:
             "backlog_bytes": request.spool.backlog_bytes,
             "lost_packets_total": request.spool.lost_packets_total,
         }
+
+
+def record_ring_leftover(spool: Spool, capture: Capture) -> None:
+    """Records what a stopped capture's last kernel window counted but nobody wrote (docs/audit.md).
+
+    The kernel counts a packet when it enters the ring; at a rotation the ring's packets go into
+    the next file, but at a stop they go nowhere. The capture's first window starts at the handle's
+    activation, so over its life the kernel's count less its drops, what was written and what was
+    read while the spool was full leaves exactly them. They are recorded as lost (kind
+    ``left-in-ring``) in the run of the capture's last file. Used by the agent and by the
+    standalone ``capture`` command. A spool that cannot take the record (full disk) is logged: the
+    stop goes on, and the capture must not be stopped, and recorded, twice.
+    """
+    status = capture.status
+    kernel = status.kernel
+    leftover = kernel.received - kernel.dropped - status.packets_written - status.packets_lost_spool_full
+    if leftover <= 0 or not status.last_sealed_sequence:
+        return
+    try:
+        spool.record_lost_packets(
+            leftover,
+            "capture stopped: packets left in the kernel ring",
+            interface=capture.options.interface,
+            after_sequence=status.last_sealed_sequence - 1,
+            kind=LEFT_IN_RING,
+        )
+    except (SpoolError, OSError) as exc:
+        log.error(
+            "cannot record the %d packets capture %s left in the kernel ring: %s",
+            leftover,
+            capture.options.interface,
+            exc,
+        )
+        return
+    log.warning(
+        "capture stopped with %d packets in the kernel ring; recorded as lost",
+        leftover,
+        extra={"interface": capture.options.interface},
+    )

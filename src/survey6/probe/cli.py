@@ -19,7 +19,7 @@ from survey6.common.log import configure_logging
 from survey6.common.units import parse_duration, parse_size
 from survey6.probe import identity as identity_store
 from survey6.probe import service, standalone
-from survey6.probe.agent import Agent
+from survey6.probe.agent import Agent, record_ring_leftover
 from survey6.probe.capture import Capture, Provenance
 from survey6.probe.control import ControlServer
 from survey6.probe.control import request as control_request
@@ -234,6 +234,8 @@ def _capture_live(captures: list[Capture], spool: Spool, duration: float | None)
             capture.request_stop()
         for t in threads:
             t.thread.join()
+        for capture in captures:
+            record_ring_leftover(spool, capture)  # as the agent does (docs/audit.md)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if interactive:

@@ -90,7 +90,9 @@ def _recover(spool: Spool, sequence: int, provenance: Provenance) -> ReadyFile:
         link_utilisation_mean_ratio=-1.0,
         link_utilisation_peak_ratio=-1.0,
         repaired=True,
-        repaired_truncated_bytes=repair.bytes_cut,
+        # A repair that a crash stopped after its cut finds nothing more to cut: the loss it recorded
+        # still says what was cut, and the audit checks one against the other.
+        repaired_truncated_bytes=repair.bytes_cut or spool.truncated_record_bytes(sequence),
         file_format="pcap",
         schema_version=SCHEMA_VERSION,
     )

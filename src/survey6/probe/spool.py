@@ -109,6 +109,10 @@ class Spool:
         self._state_path = root / "state.json"
         self._losses_path = root / "losses.jsonl"
         self._lock = threading.RLock()
+        # Serialises writes of state.json; taken after _lock, never before it.
+        self._save_lock = threading.Lock()
+        self._state_version = 0  # raised under _lock at each save; the version on disk:
+        self._saved_version = 0
         self._lock_fd: int | None = None
         # Reservations (part info and part file in open/) written by begin_file but not yet fsynced.
         self._unsynced: set[int] = set()
@@ -171,7 +175,21 @@ class Spool:
             raise SpoolError(f"spool state {self._state_path} is unreadable: {exc}") from exc
 
     def _save_state(self) -> None:
-        write_atomically(self._state_path, json.dumps(asdict(self.state), indent=2).encode())
+        """Writes the state as it is now (the caller holds the lock)."""
+        self._state_version += 1
+        self._write_state(self._state_version, asdict(self.state))
+
+    def _write_state(self, version: int, snapshot: dict[str, Any]) -> None:
+        """Writes a snapshot of the state, unless a later one is on disk already.
+
+        Callers that must not hold the lock while this fsyncs (the heartbeat's acknowledgement, see
+        :meth:`acknowledge_losses`) take the snapshot under the lock and write it after.
+        """
+        with self._save_lock:
+            if version <= self._saved_version:
+                return
+            write_atomically(self._state_path, json.dumps(snapshot, indent=2).encode())
+            self._saved_version = version
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -320,8 +338,9 @@ class Spool:
         Returns:
             False when the file has left the spool since it was listed (dropped): do not send it.
         """
-        with self._lock:
-            if not any(f.sequence == sequence for f in self.ready_files()):
+        path = self.ready_dir / f"{sequence:0{SEQUENCE_DIGITS}d}{PCAP_SUFFIX}"
+        with self._lock:  # a stat, not a listing: the capture thread waits for this lock
+            if not path.exists():
                 return False
             self._delivering = sequence
             return True
@@ -473,6 +492,14 @@ class Spool:
             reason = f"crash repair: cut {bytes_cut} bytes of {why}"
             self._record_loss(TRUNCATED_RECORD, reason, sequence, 1, {"bytes_cut": bytes_cut})
 
+    def truncated_record_bytes(self, sequence: int) -> int:
+        """The bytes a recorded crash repair cut from file `sequence`; 0 if none was recorded."""
+        with self._lock:
+            for loss in self.losses():
+                if loss.get("kind") == TRUNCATED_RECORD and loss.get("sequence") == sequence:
+                    return int(loss.get("bytes_cut") or 0)
+            return 0
+
     def _record_loss(
         self, kind: str, reason: str, sequence: int | None, packets: int, extra: dict[str, Any]
     ) -> None:
@@ -606,17 +633,29 @@ class Spool:
             return list(self._unacknowledged[:limit])
 
     def acknowledge_losses(self, through: int) -> None:
-        """The server stored the loss records up to id `through`: they are not sent again."""
+        """The server stored the loss records up to id `through`: they are not sent again.
+
+        The state is written outside the lock: its fsyncs must not hold up the capture thread,
+        which needs the lock at every rotation.
+
+        Raises:
+            OSError: the state cannot be saved; the records will be sent again.
+        """
         with self._lock:
             through = min(through, self.losses_recorded_total)
             if through <= self.state.losses_acknowledged_through:
                 return
             previous, self.state.losses_acknowledged_through = self.state.losses_acknowledged_through, through
-            try:
-                self._save_state()
-            except OSError:
-                self.state.losses_acknowledged_through = previous  # not durable: send them again
-                raise
+            self._state_version += 1
+            version, snapshot = self._state_version, asdict(self.state)
+        try:
+            self._write_state(version, snapshot)
+        except OSError:
+            with self._lock:
+                if self.state.losses_acknowledged_through == through:
+                    self.state.losses_acknowledged_through = previous  # not durable: send them again
+            raise
+        with self._lock:
             self._unacknowledged = [r for r in self._unacknowledged if r["id"] > through]
 
 

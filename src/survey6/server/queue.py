@@ -190,8 +190,9 @@ class IngestResult:
         # The catalog's columns are signed 64-bit: a value outside would fail the write, every time,
         # and hold every later result back behind it.
         for name, value in [("sequence", data["sequence"]), ("packets", data["packets"]), *counts.items()]:
-            if value is not None and not 0 <= value <= COUNT_MAX:
-                raise ValueError(f"{name} {value} is out of range (0 to 2^63-1)")
+            low = -1 if name == "claimed_packets" else 0  # -1: unknown (docs/ingest-queue.md)
+            if value is not None and not low <= value <= COUNT_MAX:
+                raise ValueError(f"{name} {value} is out of range ({low} to 2^63-1)")
         if not isinstance(data.get("quarantined", False), bool):
             raise ValueError("quarantined is not a bool")
         return cls(

@@ -7,13 +7,18 @@ from pathlib import Path
 
 import dpkt
 
-from survey6.probe.agent import loss_message
-from survey6.probe.capture import Provenance
-from survey6.probe.metadata import SCHEMA_VERSION
-from survey6.probe.pcap import CaptureHandle
+from survey6.probe.agent import Agent, loss_message, record_ring_leftover
+from survey6.probe.capture import Capture, CaptureOptions, Provenance
+from survey6.probe.identity import Credentials, Identity
+from survey6.probe.metadata import SCHEMA_VERSION, read_sidecar
+from survey6.probe.pcap import CaptureHandle, KernelStats
+from survey6.probe.pcapfile import repair_truncated
 from survey6.probe.recovery import recover_open_files
+from survey6.probe.settings import ProbeSettings
 from survey6.probe.spool import Spool
 from survey6.wire.v1 import capture_pb2
+
+NO_KEYS = Credentials(b"", b"", b"")
 
 
 def make_spool(root: Path, *, quota: int = 1 << 30, policy: str = "pause") -> Spool:
@@ -131,3 +136,56 @@ def test_an_intact_part_file_loses_nothing(tmp_path: Path) -> None:
     spool.begin_file({"interface": "eth9", "link_type": 1, "snaplen_bytes": 65535, "precision": 1})
     recover_open_files(spool, Provenance())
     assert list(spool.losses()) == [] and spool.state.lost_packets_total == 0
+
+
+def test_the_backlog_starts_at_a_quiet_interfaces_open_file_below_the_sealed_ones(tmp_path: Path) -> None:
+    spool = make_spool(tmp_path / "spool")
+    quiet, _ = spool.begin_file({"interface": "eth1"})  # still being written
+    sealed = seal_file(spool, 3, received=3)
+    spool.delivered(sealed)
+    seal_file(spool, 2, received=2)
+    agent = Agent(ProbeSettings(state_dir=tmp_path / "state"), Identity("p-1", "::1", 1, 2, 1000), NO_KEYS)
+    agent.spool = spool
+    health = agent.heartbeat_request().spool
+    # Was the lowest in ready/ only (3): sequence 1 then looked like a gap to the audit.
+    assert (health.backlog_first_sequence, health.last_sealed_sequence) == (quiet, 3)
+
+
+def test_a_repair_stopped_after_its_cut_seals_with_the_recorded_cut(tmp_path: Path) -> None:
+    spool = make_spool(tmp_path)
+    info = {"interface": "eth9", "link_type": 1, "snaplen_bytes": 65535, "precision": 1}
+    sequence, part = spool.begin_file(info)
+    with CaptureHandle.dead(1, 65535) as handle, handle.open_dumper(part) as dumper:
+        for index in range(3):
+            dumper.write(1_700_000_000_000_000_000 + index, bytes(60))
+        dumper.flush()
+    with open(part, "ab") as stream:
+        stream.write(b"\x00" * 11)
+    # A first repair recorded the loss and cut the file, then died before sealing.
+    spool.record_truncated_record(sequence, 11)
+    repair_truncated(part)
+    (ready,) = recover_open_files(spool, Provenance(probe_id="p-1"))
+    sealed = read_sidecar(ready.sidecar)
+    # Was 0: the written identity then failed by the recorded packet.
+    assert (sealed.packets, sealed.repaired_truncated_bytes) == (3, 11)
+    assert [(r["kind"], r["packets"]) for r in spool.losses()] == [("truncated-record", 1)]
+
+
+def test_the_ring_leftover_of_a_stopped_capture_is_recorded_in_its_last_files_run(tmp_path: Path) -> None:
+    # The function the agent and the standalone capture command both call at a stop.
+    spool = make_spool(tmp_path)
+    options = CaptureOptions("lo", "ip6", 65535, 1 << 20, False, 60.0, 1 << 20)
+    with CaptureHandle.dead(1, 65535) as handle:
+        capture = Capture(handle, options, spool, Provenance(probe_id="p-1"))
+        capture.status.kernel = KernelStats(20, 2, 0)
+        capture.status.packets_written = 12
+        capture.status.packets_lost_spool_full = 1
+        capture.status.last_sealed_sequence = 6
+        record_ring_leftover(spool, capture)
+    (loss,) = spool.losses()
+    assert (loss["kind"], loss["packets"], loss["interface"], loss["after_sequence"]) == (
+        "left-in-ring",
+        5,
+        "lo",
+        5,
+    )
