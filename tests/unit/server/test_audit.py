@@ -2,34 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from survey6.server import audit, catalog
 from survey6.server.errors import UnknownProbeError
-from survey6.server.registry import db
 from survey6.server.registry.models import Probe, SpoolLoss, utcnow
 from survey6.wire.v1 import capture_pb2
 
 PROBE = "p-0a1b2c3d4e5f"
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    engine = db.make_engine(db.sqlite_url(tmp_path))
-    db.upgrade(engine)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def sessions(engine: Engine) -> sessionmaker[Session]:
-    return db.session_factory(engine)
 
 
 def add_probe(

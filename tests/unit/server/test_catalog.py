@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 import sqlalchemy
 from alembic import command
@@ -17,14 +14,6 @@ from survey6.server import catalog
 from survey6.server.registry import db
 from survey6.server.registry.models import Base, Probe, utcnow
 from survey6.wire.v1 import capture_pb2
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    engine = db.make_engine(db.sqlite_url(tmp_path))
-    db.upgrade(engine)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture

@@ -3,31 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from survey6.server.history import history_rows, prune_history
-from survey6.server.registry import db
 from survey6.server.registry.models import HeartbeatSample, Probe, utcnow
 
 NOW = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC)
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    engine = db.make_engine(db.sqlite_url(tmp_path))
-    db.upgrade(engine)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def sessions(engine: Engine) -> sessionmaker[Session]:
-    return db.session_factory(engine)
 
 
 def add_samples(sessions: sessionmaker[Session], probe_id: str, ages_h: list[float]) -> None:
