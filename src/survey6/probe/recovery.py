@@ -19,7 +19,7 @@ from typing import Any
 from survey6.common.files import fsync_file
 from survey6.probe import hostinfo
 from survey6.probe.capture import Provenance, file_sha256
-from survey6.probe.errors import PcapFileError, SpoolError
+from survey6.probe.errors import PcapFileError, ProbeError, SpoolError
 from survey6.probe.metadata import SCHEMA_VERSION
 from survey6.probe.pcap import CaptureHandle
 from survey6.probe.pcapfile import GLOBAL_HEADER_BYTES, TimestampPrecision, repair_truncated, scan_records
@@ -33,10 +33,29 @@ DEFAULT_SNAPLEN_BYTES = 262_144
 
 
 def recover_open_files(spool: Spool, provenance: Provenance) -> list[ReadyFile]:
-    """Seals every file a previous run left in ``open/``, oldest first."""
+    """Seals every file a previous run left in ``open/``, oldest first, as far as the spool has room.
+
+    On a full spool the full policy first makes room (drop-oldest records and drops ready files;
+    pause drops nothing). A repair that still cannot write (ENOSPC) is logged in one line and stops
+    here: the files not sealed stay in ``open/``, their packets kept, and the next start repairs
+    them. Every step of a repair can run again after a failure (see :func:`_record_truncation`), so
+    a repair stopped half way is finished then, and nothing keeps the probe from capturing now.
+    """
     recovered = []
     for sequence in spool.open_sequences():
-        recovered.append(_recover(spool, sequence, provenance))
+        try:
+            spool.make_room()
+        except SpoolError as exc:  # the drop's loss record cannot be written: the file is kept
+            log.error("cannot make room in the spool before repairing file %d: %s", sequence, exc)
+        try:
+            recovered.append(_recover(spool, sequence, provenance))
+        except (ProbeError, OSError) as exc:
+            log.error(
+                "cannot repair capture file %d left by a crash, kept in open/ for the next start: %s",
+                sequence,
+                exc,
+            )
+            break
     return recovered
 
 
