@@ -115,6 +115,9 @@ class _OpenFile:
     dumper: Dumper
     window_start_ns: int
     window_end_ns: int
+    # The window's end on the monotonic clock, computed once when the file starts: the file rotates
+    # then even when the wall clock has stepped back since (it would otherwise grow for as long).
+    rotate_at_mono_ns: int
     link_start: _LinkMark  # where its link count starts: the previous hand-off, or its own start
     packets: int = 0
     last_batch_offset: int = GLOBAL_HEADER_BYTES
@@ -144,6 +147,7 @@ class Capture:
         provenance: Provenance,
         *,
         clock_ns: Callable[[], int] = time.time_ns,
+        monotonic_ns: Callable[[], int] = time.monotonic_ns,
         offline_batch_packets: int = -1,
     ) -> None:
         self.handle = handle
@@ -151,9 +155,10 @@ class Capture:
         self.spool = spool
         self.provenance = provenance
         self.clock_ns = clock_ns
+        self.monotonic_ns = monotonic_ns
         self.status = CaptureStatus(interface=options.interface)
         self._stop = threading.Event()
-        # The alarm thread breaks libpcap's blocking read at this time (the end of the window).
+        # The alarm thread breaks libpcap's blocking read at this monotonic time (the end of the window).
         self._alarm_at_ns: int | None = None
         self._alarm_changed = threading.Condition()
         self._interface = hostinfo.interface_facts(options.interface, handle.datalink)
@@ -212,7 +217,7 @@ class Capture:
                 if at is None:
                     self._alarm_changed.wait()
                     continue
-                delay_s = (at - self.clock_ns()) / NS_PER_S
+                delay_s = (at - self.monotonic_ns()) / NS_PER_S
                 if delay_s > 0:
                     self._alarm_changed.wait(timeout=delay_s)
                     continue
@@ -267,7 +272,7 @@ class Capture:
         end_of_input = False
         # On the monotonic clock: a step back of the wall clock must not hold the spool checks off
         # (the soak saw a small spool fill to ENOSPC that way, which failed the capture).
-        next_space_check = time.monotonic_ns() + SPACE_CHECK_INTERVAL_NS
+        next_space_check = self.monotonic_ns() + SPACE_CHECK_INTERVAL_NS
         try:
             while True:
                 offset = current.dumper.tell()
@@ -288,11 +293,11 @@ class Capture:
                     break
                 if self._stop.is_set() or current.dumper.tell() >= self.options.rotate_max_bytes:
                     break
-                now = self.clock_ns()
-                if not self.handle.is_offline and now >= current.window_end_ns:
+                mono_now = self.monotonic_ns()
+                if not self.handle.is_offline and self._window_over(current, mono_now):
                     break
-                if time.monotonic_ns() >= next_space_check:
-                    next_space_check = time.monotonic_ns() + SPACE_CHECK_INTERVAL_NS
+                if mono_now >= next_space_check:
+                    next_space_check = mono_now + SPACE_CHECK_INTERVAL_NS
                     if self.spool.is_full() and not self.spool.make_room():
                         break  # seal what we have; the next round pauses
         except BaseException:
@@ -300,6 +305,19 @@ class Capture:
             raise
         self._hand_off(current)
         return end_of_input
+
+    def _window_over(self, current: _OpenFile, mono_now: int) -> bool:
+        """The file's window has ended: on the monotonic clock, or on the wall clock after a step.
+
+        A step forward past the window's end ends it too, so that the sidecar's window still holds
+        every packet's (wall-clock) time; the file is short, nothing is lost, and the next one is
+        aligned again. A step back before the window's start ends it at once for the same reason
+        (its packets would be older than its first one). A step back within the window changes
+        nothing: the file ends on the monotonic deadline, and its recorded end is the wall time then.
+        """
+        if mono_now >= current.rotate_at_mono_ns:
+            return True
+        return not current.window_start_ns <= self.clock_ns() < current.window_end_ns
 
     def _make_room(self) -> bool:
         """Applies the spool's full policy before a new file. Files waiting for the sealer count
@@ -334,6 +352,7 @@ class Capture:
 
     def _begin_file(self) -> _OpenFile:
         now = self.clock_ns()
+        mono_now = self.monotonic_ns()
         if self._link_mark is None:
             self._link_mark = _LinkMark(self._link_bytes(), now)
         link_start = self._link_mark
@@ -364,8 +383,9 @@ class Capture:
             self.spool.discard_open(sequence)
             raise
         self._open_sequence = sequence
+        rotate_at = mono_now + window_end - now
         if not self.handle.is_offline:
-            self._set_alarm(window_end)
+            self._set_alarm(rotate_at)
         return _OpenFile(
             sequence=sequence,
             path=path,
@@ -373,6 +393,7 @@ class Capture:
             dumper=dumper,
             window_start_ns=now,
             window_end_ns=window_end,
+            rotate_at_mono_ns=rotate_at,
             link_start=link_start,
         )
 
@@ -511,7 +532,8 @@ class Capture:
         self.status.state = "spool-full"
         self._link_mark = None  # what crosses the link during the pause is in no file
         log.warning("spool full: not writing, counting lost packets", extra={"policy": self.spool.policy})
-        retry_at = self.clock_ns() + FULL_RETRY_INTERVAL_NS
+        # On the monotonic clock, like rotation: a step back of the wall clock must not hold off the retry.
+        retry_at = self.monotonic_ns() + FULL_RETRY_INTERVAL_NS
         if not self.handle.is_offline:
             self._set_alarm(retry_at)
         # Packets go to an in-memory file, emptied as we go, so that even an interrupted call is counted.
@@ -533,9 +555,9 @@ class Capture:
                     os.ftruncate(sink_fd, 0)
                     os.lseek(sink_fd, 0, os.SEEK_SET)
                     sink = self.handle.open_dumper_fd(sink_fd, name="discard")
-                if self.clock_ns() >= retry_at:
+                if self.monotonic_ns() >= retry_at:
                     self._flush_paused_losses()
-                    retry_at = self.clock_ns() + FULL_RETRY_INTERVAL_NS
+                    retry_at = self.monotonic_ns() + FULL_RETRY_INTERVAL_NS
                     if not self.handle.is_offline:
                         self._set_alarm(retry_at)
                     if self.spool.make_room():
@@ -590,7 +612,25 @@ def _count_and_times(current: _OpenFile) -> tuple[int, int, int]:
     sec, frac, _, _ = struct.unpack_from(header.byte_order + "IIII", head, GLOBAL_HEADER_BYTES)
     first_ns = sec * NS_PER_S + frac * tick_ns
     last_ns = tail.last_sec * NS_PER_S + tail.last_frac * tick_ns if tail.count else first_ns
+    if last_ns < first_ns:
+        # The wall clock stepped back while the file was written (the kernel stamps packets with
+        # it), so its records are out of time order: report the earliest and the latest instead.
+        first_ns, last_ns = _time_range(path, header)
     return current.packets, first_ns, last_ns
+
+
+def _time_range(path: Path, header: PcapHeader) -> tuple[int, int]:
+    """The earliest and latest record times of a whole file (read in full: only after a clock step)."""
+    record = struct.Struct(header.byte_order + "IIII")
+    tick_ns = header.precision.ns_per_tick
+    data = path.read_bytes()
+    pos = GLOBAL_HEADER_BYTES
+    times: list[int] = []
+    while pos + RECORD_HEADER_BYTES <= len(data):
+        sec, frac, incl, _ = record.unpack_from(data, pos)
+        times.append(sec * NS_PER_S + frac * tick_ns)
+        pos += RECORD_HEADER_BYTES + incl
+    return min(times), max(times)
 
 
 @dataclass
