@@ -18,15 +18,21 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import re
+import signal
+import threading
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from types import FrameType
 from typing import Any
 
 import redis
+from redis.client import Pipeline
 from rq import Queue, SimpleWorker
+from rq.job import Job
 
 from survey6.aggregator.discovery import PROBE_ID, Capture
 from survey6.aggregator.engines import Engine, open_engine
@@ -47,6 +53,9 @@ INGESTED = "ingested"
 FAILED = "failed"
 
 REDIS_CONNECT_TIMEOUT_S = 2.0
+# Waiting for a lost Redis: the first retry after about this long, doubling up to the maximum.
+REDIS_RETRY_FIRST_S = 0.5
+REDIS_RETRY_MAX_S = 30.0
 RESULT_FLUSH_BATCH = 100
 # While more jobs wait, building is deferred to the last of them (a burst of one day's files then costs
 # one build of the day, not one per file); a partition left dirty this long is built anyway.
@@ -355,17 +364,46 @@ def _where(connection: redis.Redis) -> str:
     return str(kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}/{kwargs.get('db', 0)}")
 
 
+class _Worker(SimpleWorker):
+    """RQ's worker, noting why its loop ended: RQ ends it quietly on a stop request and on any error
+    alike (a lost Redis included), so the caller could not tell a clean stop from an outage."""
+
+    stop_requested = False
+    lost_redis: redis.RedisError | None = None
+
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        self.stop_requested = True
+        super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        try:
+            super().execute_job(job, queue)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:  # RQ's bookkeeping around the job
+            self.lost_redis = exc
+            raise
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None) -> None:
+        try:
+            super().heartbeat(timeout, pipeline)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self.lost_redis = exc
+            raise
+
+
 def work(settings: AggregatorSettings, *, burst: bool = False) -> int:
     """Consumes ``survey6-ingest`` until stopped (or, with ``burst``, until it is empty).
 
-    Returns how many jobs ran.
+    A lost Redis is waited out (:func:`wait_for_redis`) and the work goes on: a job whose bookkeeping
+    failed has its result in the ledger's outbox (sent once Redis is back), and running it again is
+    harmless, since the ledger makes ingest idempotent. Returns how many jobs ran.
 
     Raises:
-        AggregatorError: Redis cannot be reached at the start, or was lost while waiting.
+        AggregatorError: Redis cannot be reached at the start, or RQ's loop ended on another error.
     """
     connection = connect(settings.redis_url)
     context = WorkerContext.open(settings, connection)
     set_worker_context(context)
+    ran = 0
     try:
         flush_results(context)  # left by an earlier worker that lost Redis
         cleanup(
@@ -375,15 +413,50 @@ def work(settings: AggregatorSettings, *, burst: bool = False) -> int:
             staging_retention_s=settings.staging_retention_s,
             quarantine_retention_s=settings.quarantine_retention_s,
         )
-        worker = SimpleWorker([Queue(QUEUE_NAME, connection=connection)], connection=connection)
-        worker.work(burst=burst, logging_level=None)
-        # RQ's loop also ends, quietly, when Redis goes away; a service must exit non-zero then.
-        try:
-            connection.ping()
-        except redis.RedisError as exc:
-            raise AggregatorError(f"lost Redis at {_where(connection)}: {exc}") from exc
-        return int(worker.successful_job_count + worker.failed_job_count)
+        while True:
+            worker = _Worker([Queue(QUEUE_NAME, connection=connection)], connection=connection)
+            try:
+                worker.work(burst=burst, logging_level=None)
+            except redis.RedisError as exc:  # RQ's teardown (registering the worker's death)
+                worker.lost_redis = worker.lost_redis or exc
+            ran += int(worker.successful_job_count + worker.failed_job_count)
+            if worker.stop_requested:
+                return ran
+            if worker.lost_redis is None:
+                try:
+                    connection.ping()
+                except redis.RedisError as exc:
+                    worker.lost_redis = exc
+            if worker.lost_redis is None:
+                if burst:
+                    return ran
+                raise AggregatorError("the worker's loop ended on an error (logged above by rq)")
+            log.warning("lost Redis at %s: %s; reconnecting", _where(connection), worker.lost_redis)
+            if not wait_for_redis(connection):
+                return ran
+            log.warning("Redis at %s is back; taking jobs again", _where(connection))
+            flush_results(context)
     finally:
         set_worker_context(None)
         context.close()
         connection.close()
+
+
+def wait_for_redis(connection: redis.Redis) -> bool:
+    """Waits until ``connection`` answers again, with a growing, jittered delay (at most
+    ``REDIS_RETRY_MAX_S``); returns False when SIGTERM or SIGINT came first."""
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        delay = REDIS_RETRY_FIRST_S
+        # Jitter keeps a fleet of workers from reconnecting in step after Redis restarts.
+        while not stop.wait(random.uniform(delay / 2, delay)):
+            try:
+                connection.ping()
+                return True
+            except redis.RedisError:
+                delay = min(delay * 2, REDIS_RETRY_MAX_S)
+        return False
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
