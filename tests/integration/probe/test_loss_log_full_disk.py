@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from support.tmpfs import mounted_tmpfs
 from survey6.probe.agent import Agent
 from survey6.probe.capture import Capture, CaptureOptions, Provenance
 from survey6.probe.errors import SpoolError
@@ -31,16 +31,8 @@ NO_KEYS = Credentials(b"", b"", b"")
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)], check=True)
-    try:
+    with mounted_tmpfs(tmp_path / "disk", "64k") as mount_point:
         yield mount_point
-    finally:
-        # Lazily: a failed test can leave the spool's lock open until it is collected.
-        subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
 
 
 def fill(disk: Path) -> Path:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from support.tmpfs import mounted_tmpfs
 from survey6.probe.metadata import read_sidecar
 from survey6.probe.pcapfile import scan_records
 
@@ -33,15 +34,8 @@ POLICY_ARGS = ["--min-free", "32KiB", "--quota", "1MiB", "--filter", "ip6 and ud
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs and capturing need root")
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount_point)], check=True)
-    try:
+    with mounted_tmpfs(tmp_path / "disk", "512k") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
 
 
 def fill(disk: Path) -> Path:
