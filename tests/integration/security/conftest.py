@@ -12,14 +12,10 @@ import pytest
 from flask.testing import FlaskClient
 
 from integration.security.secure_server import SecureServer
-from integration.web.webenv import ADMIN, VIEWER, SettableClock, WebEnv
+from integration.web.webenv import ADMIN, VIEWER, WebEnv, open_web_env
 from survey6.server.app import ServerApp
-from survey6.server.fleet import Fleet
-from survey6.server.pki import CertificateAuthority
-from survey6.server.registry import db
-from survey6.server.settings import LivenessSettings, ServerSettings
+from survey6.server.settings import ServerSettings
 from survey6.server.setup import initialise, pki_dir
-from survey6.server.web.users import add_user
 
 ADMIN_PASSWORD = "admin-password-1"
 # Both loopback addresses on one port (gRPC binds every address "localhost" resolves to), so a
@@ -70,19 +66,8 @@ def server(make_server: Callable[..., SecureServer]) -> SecureServer:
 @pytest.fixture
 def web_env(tmp_path: Path) -> Iterator[WebEnv]:
     """The web UI (the real Flask app) over a real registry and fleet, with an admin and a viewer."""
-    data_dir = tmp_path / "web"
-    initialise(data_dir, server_names=["localhost"], admin_password=ADMIN[1])
-    engine = db.make_engine(db.sqlite_url(data_dir))
-    sessions = db.session_factory(engine)
-    with sessions.begin() as session:
-        add_user(session, VIEWER[0], VIEWER[1], "viewer")
-    clock = SettableClock()
-    fleet = Fleet(sessions, LivenessSettings(), clock)
-    fleet.load()
-    try:
-        yield WebEnv(data_dir, sessions, fleet, clock, CertificateAuthority.load(pki_dir(data_dir)))
-    finally:
-        engine.dispose()
+    with open_web_env(tmp_path / "web") as env:
+        yield env
 
 
 @pytest.fixture

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,10 +23,13 @@ from survey6.server import catalog, tokens
 from survey6.server.enrolment import join
 from survey6.server.fleet import Fleet
 from survey6.server.pki import CertificateAuthority
+from survey6.server.registry import db
 from survey6.server.registry.models import utcnow
-from survey6.server.settings import ServerSettings
+from survey6.server.settings import LivenessSettings, ServerSettings
+from survey6.server.setup import initialise, pki_dir
 from survey6.server.web import WebSettings, create_app
 from survey6.server.web.services import WebServices, default_join_address
+from survey6.server.web.users import add_user
 from survey6.wire.v1 import capture_pb2, control_pb2, enrolment_pb2
 
 ADMIN = ("admin", "admin-password-1")
@@ -173,3 +178,20 @@ def log_in(client: FlaskClient, user: tuple[str, str]) -> str:
     response = client.post("/login", data={"username": user[0], "password": user[1], "csrf_token": token})
     assert response.status_code == 302, response.get_data(as_text=True)
     return csrf_of(client, "/probes")
+
+
+@contextmanager
+def open_web_env(data_dir: Path) -> Iterator[WebEnv]:
+    """A freshly initialised data directory with an admin and a viewer, its registry and fleet."""
+    initialise(data_dir, server_names=["localhost"], admin_password=ADMIN[1])
+    engine = db.make_engine(db.sqlite_url(data_dir))
+    sessions = db.session_factory(engine)
+    with sessions.begin() as session:
+        add_user(session, VIEWER[0], VIEWER[1], "viewer")
+    clock = SettableClock()
+    fleet = Fleet(sessions, LivenessSettings(), clock)
+    fleet.load()
+    try:
+        yield WebEnv(data_dir, sessions, fleet, clock, CertificateAuthority.load(pki_dir(data_dir)))
+    finally:
+        engine.dispose()
